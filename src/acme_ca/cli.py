@@ -1,0 +1,227 @@
+"""`acme-ca`: init, serve, db, challtestsrv, bench. The only reader of configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from acme_ca.ca import ensure_ca, import_ca
+from acme_ca.clock import SystemClock
+from acme_ca.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+_RESOLVED_ENV = "ACME_CA__RESOLVED_SETTINGS"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", dest="data_dir", help="CA material and SQLite (./data)")
+    parser.add_argument("--database", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    parser.add_argument("--key-type", dest="key_type", help="p256|p384|rsa2048|rsa3072|rsa4096")
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="HOST:PORT of the HTTPS listener (127.0.0.1:14000)")
+    parser.add_argument("--dns-resolver", dest="dns_resolver", help="HOST:PORT for validation")
+    parser.add_argument("--http-01-port", dest="http_01_port", type=int)
+    parser.add_argument("--tls-alpn-01-port", dest="tls_alpn_01_port", type=int)
+    parser.add_argument(
+        "--allow-private-addresses",
+        dest="allow_private_addresses",
+        action="store_const",
+        const=True,
+        help="validate against private/loopback/reserved addresses",
+    )
+    parser.add_argument("--tls-cert", dest="tls_cert")
+    parser.add_argument("--tls-key", dest="tls_key")
+    parser.add_argument("--external-url", dest="external_url", help="base URL seen by clients")
+    parser.add_argument("--workers", type=int, help="processes sharing the listener (1)")
+    parser.add_argument("--eab-required", dest="eab_required", action="store_const", const=True)
+    parser.add_argument("--log-level", dest="log_level")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    keys = [
+        "data_dir",
+        "database",
+        "key_type",
+        "listen",
+        "dns_resolver",
+        "http_01_port",
+        "tls_alpn_01_port",
+        "allow_private_addresses",
+        "tls_cert",
+        "tls_key",
+        "external_url",
+        "workers",
+        "eab_required",
+        "log_level",
+    ]
+    overrides = {k: getattr(args, k, None) for k in keys}
+    return load_settings(config_file=args.config, overrides=overrides)
+
+
+def _tls_names(settings: Settings) -> list[str]:
+    from urllib.parse import urlsplit
+
+    names = ["localhost", "127.0.0.1", "::1"]
+    for extra in (
+        settings.listen_host,
+        urlsplit(settings.base_url).hostname,
+        *settings.extra_tls_names,
+    ):
+        if extra and extra not in names and extra not in ("0.0.0.0", "::"):  # noqa: S104
+            names.append(extra)
+    return names
+
+
+def _ensure_ca(settings: Settings) -> bool:
+    return ensure_ca(
+        settings.data_dir,
+        clock=SystemClock(),
+        key_type=settings.key_type,  # type: ignore[arg-type]
+        tls_names=_tls_names(settings),
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.import_cert:
+        if not args.import_key:
+            print("acme-ca init --import needs --cert and --key", file=sys.stderr)
+            return 2
+        import_ca(
+            settings.data_dir,
+            cert_pem=Path(args.import_cert),
+            key_pem=Path(args.import_key),
+            chain_pem=Path(args.import_chain) if args.import_chain else None,
+            clock=SystemClock(),
+        )
+        print(f"imported CA into {settings.data_dir}")
+    elif _ensure_ca(settings):
+        print(f"created CA in {settings.data_dir}")
+    else:
+        print(f"CA already exists in {settings.data_dir}")
+    asyncio.run(_migrate(settings.database_url))
+    print(f"root certificate: {(settings.data_dir / 'root.pem').resolve()}")
+    return 0
+
+
+async def _migrate(url: str) -> None:
+    from acme_ca.storage.engine import create_engines
+    from acme_ca.storage.migrate import upgrade
+
+    engines = create_engines(url)
+    try:
+        await upgrade(engines)
+    finally:
+        await engines.dispose()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    asyncio.run(_migrate(settings.database_url))
+    print(f"database at head: {settings.database_url.split('@')[-1]}")
+    return 0
+
+
+def app_factory() -> Any:
+    """Uvicorn factory for worker processes; settings come resolved from the parent."""
+    from acme_ca.service import AcmeAsgiApp
+
+    return AcmeAsgiApp(Settings.from_json(os.environ[_RESOLVED_ENV]))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(message)s"
+    )
+    data_dir = settings.data_dir
+    if _ensure_ca(settings):
+        print(f"created CA in {data_dir}", flush=True)
+    # Migrate once here so that workers do not race to create the schema.
+    asyncio.run(_migrate(settings.database_url))
+    settings = load_settings(
+        config_file=None, environ={}, overrides={**_as_dict(settings), "auto_migrate": False}
+    )
+    os.environ[_RESOLVED_ENV] = settings.to_json()
+    cert = settings.tls_cert or data_dir / "tls.pem"
+    key = settings.tls_key or data_dir / "tls-key.pem"
+    print(f"acme-ca directory: {settings.base_url}/directory", flush=True)
+    print(f"root certificate to trust: {(data_dir / 'root.pem').resolve()}", flush=True)
+    uvicorn.run(
+        "acme_ca.cli:app_factory",
+        factory=True,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        workers=settings.workers if settings.workers > 1 else None,
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _as_dict(settings: Settings) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(settings.to_json()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands with their own parsers take the rest of the line as is.
+    if argv and argv[0] == "challtestsrv":
+        from acme_ca.testing.challtestsrv import main as challtestsrv_main
+
+        return challtestsrv_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from acme_ca.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="acme-ca", description="An ACME (RFC 8555) CA server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create (or import) the CA and the database")
+    _add_common(init)
+    init.add_argument("--import", dest="import_cert", metavar="CERT_PEM", help="existing CA cert")
+    init.add_argument("--key", dest="import_key", metavar="KEY_PEM", help="its private key")
+    init.add_argument("--chain", dest="import_chain", metavar="CHAIN_PEM", help="chain to root")
+    init.set_defaults(func=cmd_init)
+    serve = sub.add_parser("serve", help="serve ACME over HTTPS")
+    _add_common(serve)
+    _add_serve(serve)
+    serve.set_defaults(func=cmd_serve)
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply Alembic migrations")
+    _add_common(up)
+    up.set_defaults(func=cmd_db)
+    sub.add_parser("challtestsrv", help="challenge test server (DNS + HTTP API)")
+    sub.add_parser("bench", help="benchmark full issuance flows against a directory URL")
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"acme-ca: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

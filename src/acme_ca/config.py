@@ -1,0 +1,183 @@
+"""One typed, validated settings object from TOML, `ACME_CA_*` environment and flags.
+
+Precedence: command-line flag > environment variable > TOML file > default.
+Only `cli` reads configuration; components get plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["ConfigError", "Settings", "load_settings", "parse_hostport"]
+
+ENV_PREFIX = "ACME_CA_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_hostport(value: str, *, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    listen: str = "127.0.0.1:14000"
+    """HOST:PORT of the HTTPS ACME listener."""
+    data_dir: Path = Path("./data")
+    """CA material, TLS certificate and (by default) the SQLite database."""
+    database: str | None = None
+    """SQLAlchemy URL; default: SQLite file `acme-ca.db` in the data dir."""
+    dns_resolver: str | None = None
+    """HOST:PORT of the DNS server used for validation; default: the system resolver."""
+    http_01_port: int = 80
+    tls_alpn_01_port: int = 443
+    allow_private_addresses: bool = False
+    """Validate against private, loopback and reserved addresses (tests, closed networks)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    external_url: str | None = None
+    """Base URL clients see (behind a proxy or load balancer); default https://listen."""
+    workers: int = 1
+    key_type: str = "p256"
+    log_level: str = "info"
+    eab_required: bool = False
+    terms_of_service: str | None = None
+    website: str | None = None
+    caa_identities: tuple[str, ...] = ()
+    sqlite_synchronous: str = "FULL"
+    db_pool_size: int = 10
+    auto_migrate: bool = True
+    extra_tls_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen, what="listen")
+        if self.dns_resolver:
+            parse_hostport(self.dns_resolver, what="dns_resolver")
+        for name in ("http_01_port", "tls_alpn_01_port"):
+            if not 0 < getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be a port number")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.external_url and urlsplit(self.external_url).scheme not in ("http", "https"):
+            raise ConfigError("external_url must be an http(s) URL")
+        if self.key_type not in ("p256", "p384", "rsa2048", "rsa3072", "rsa4096"):
+            raise ConfigError(f"unknown key type {self.key_type!r}")
+
+    @property
+    def listen_host(self) -> str:
+        return parse_hostport(self.listen, what="listen")[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_hostport(self.listen, what="listen")[1]
+
+    @property
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'acme-ca.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.external_url:
+            return self.external_url.rstrip("/")
+        host = self.listen_host
+        if host in ("0.0.0.0", "::"):  # noqa: S104 -- a comparison, not a bind
+            host = "127.0.0.1"
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"https://{host}:{self.listen_port}"
+
+    @property
+    def dns_resolver_address(self) -> tuple[str, int] | None:
+        return parse_hostport(self.dns_resolver, what="dns_resolver") if self.dns_resolver else None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self)
+                for v in [getattr(self, f.name)]
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return _build(json.loads(text))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_FIELDS[name].type)
+    if value is None:
+        return None
+    if kind.startswith("bool"):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+        return bool(value)
+    if kind.startswith("int"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if "Path" in kind:
+        return Path(value)
+    if kind.startswith("tuple"):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return tuple(value)
+    return str(value)
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc}") from exc
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    env = os.environ if environ is None else environ
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(values)

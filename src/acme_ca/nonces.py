@@ -1,0 +1,80 @@
+"""Anti-replay nonces (RFC 8555 §6.5), valid across processes and hosts, each once.
+
+A nonce is self-authenticating: random bytes and an expiry, MACed with a key kept in
+the database, so issuing one costs no write. Redeeming one records it in the
+`used_nonces` table, whose primary key makes a second redemption fail, whichever
+process it reaches. Nothing but the database is shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import struct
+
+from acme_ca.clock import Clock
+from acme_ca.errors import AcmeError, ProblemType
+from acme_ca.storage.store import Storage
+
+__all__ = ["NonceService", "bad_nonce"]
+
+_RANDOM_BYTES = 12
+_MAC_BYTES = 12
+_LENGTH = 8 + _RANDOM_BYTES + _MAC_BYTES
+KEY_SETTING = "nonce_hmac_key"
+
+
+def bad_nonce(detail: str) -> AcmeError:
+    return AcmeError(type=ProblemType.BAD_NONCE, detail=detail)
+
+
+class NonceService:
+    def __init__(self, storage: Storage, clock: Clock, key: bytes, lifetime: dt.timedelta) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._key = key
+        self._lifetime = lifetime
+
+    @classmethod
+    async def create(
+        cls, storage: Storage, clock: Clock, lifetime: dt.timedelta = dt.timedelta(hours=1)
+    ) -> NonceService:
+        """Load the shared MAC key, creating it on first start."""
+        encoded = await storage.get_or_create_setting(
+            KEY_SETTING, base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+        )
+        return cls(storage, clock, base64.b64decode(encoded), lifetime)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def issue(self) -> str:
+        expires = int((self._clock.now() + self._lifetime).timestamp())
+        body = struct.pack(">Q", expires) + secrets.token_bytes(_RANDOM_BYTES)
+        return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode("ascii")
+
+    async def redeem(self, nonce: str | None) -> None:
+        """Raise `badNonce` unless `nonce` is ours, unexpired and unused."""
+        if not nonce:
+            raise bad_nonce("JWS has no anti-replay nonce")
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except (binascii.Error, ValueError):
+            raise bad_nonce("JWS nonce is malformed") from None
+        # Only the canonical spelling: a lenient decoder would let `N` and `N!` both redeem.
+        canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        if len(raw) != _LENGTH or canonical != nonce:
+            raise bad_nonce("JWS nonce is malformed")
+        body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise bad_nonce("JWS nonce was not issued by this server")
+        (expires_s,) = struct.unpack(">Q", body[:8])
+        expires = dt.datetime.fromtimestamp(expires_s, dt.UTC)
+        if expires <= self._clock.now():
+            raise bad_nonce("JWS nonce has expired")
+        if not await self._storage.redeem_nonce(nonce, expires):
+            raise bad_nonce("JWS nonce has already been used")

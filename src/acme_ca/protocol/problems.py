@@ -1,0 +1,51 @@
+"""Problem documents (RFC 7807) rendered from `AcmeError` (RFC 8555 §6.7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem
+
+__all__ = ["CONTENT_TYPE", "problem_document", "problem_from_document", "subproblem_document"]
+
+CONTENT_TYPE = "application/problem+json"
+
+
+def _wire_type(problem_type: ProblemType) -> str:
+    # Non-ACME statuses (404, 405, 409) are plain HTTP problems.
+    return "about:blank" if problem_type.startswith("about:") else str(problem_type)
+
+
+def subproblem_document(sub: SubProblem) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": _wire_type(sub.type), "detail": sub.detail}
+    if sub.identifier is not None:
+        doc["identifier"] = {"type": sub.identifier.type, "value": sub.identifier.value}
+    return doc
+
+
+def problem_document(error: AcmeError, *, with_status: bool = True) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": _wire_type(error.type), "detail": error.detail}
+    if with_status:
+        doc["status"] = error.http_status
+    if error.subproblems:
+        doc["subproblems"] = [subproblem_document(s) for s in error.subproblems]
+    doc.update(error.extra)
+    return doc
+
+
+def problem_from_document(doc: dict[str, Any]) -> AcmeError:
+    """Inverse of `problem_document`, for errors persisted on orders and challenges."""
+    subs = tuple(
+        SubProblem(
+            type=ProblemType(s["type"]),
+            detail=s.get("detail", ""),
+            identifier=Identifier(**s["identifier"]) if s.get("identifier") else None,
+        )
+        for s in doc.get("subproblems", ())
+    )
+    return AcmeError(
+        type=ProblemType(doc["type"]),
+        detail=doc.get("detail", ""),
+        subproblems=subs,
+        status=doc.get("status"),
+    )

@@ -1,0 +1,110 @@
+"""Accounts: creation, update, deactivation and key rollover (RFC 8555 §7.3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from acme_ca.errors import AcmeError, ProblemType, unauthorized
+from acme_ca.model import Account, AccountStatus
+from acme_ca.policy.keys import check_public_key, spki_sha256
+from acme_ca.protocol.messages import AccountUpdate, NewAccountRequest
+from acme_ca.ra.context import RAContext, new_id
+
+__all__ = ["AccountService"]
+
+
+class AccountService:
+    def __init__(self, ctx: RAContext) -> None:
+        self._ctx = ctx
+
+    async def check_account_key(self, key: PublicKeyTypes) -> None:
+        """Goodkey rules plus the blocklist of compromised keys."""
+        check_public_key(key, self._ctx.key_policy)
+        if await self._ctx.storage.is_key_blocked(spki_sha256(key)):
+            raise AcmeError(
+                type=ProblemType.BAD_PUBLIC_KEY,
+                detail="Key is blocked: a certificate for it was revoked for keyCompromise",
+            )
+
+    async def new_account(
+        self,
+        *,
+        jwk: dict[str, Any],
+        thumbprint: str,
+        public_key: PublicKeyTypes,
+        request: NewAccountRequest,
+        eab_kid: str | None,
+    ) -> tuple[Account, bool]:
+        """The account for this key and whether it was created now (RFC 8555 §7.3.1)."""
+        storage = self._ctx.storage
+        existing = await storage.get_account_by_thumbprint(thumbprint)
+        if existing is not None:
+            return existing, False
+        if request.only_return_existing:
+            raise AcmeError(
+                type=ProblemType.ACCOUNT_DOES_NOT_EXIST,
+                detail="No account exists with the provided key",
+            )
+        await self.check_account_key(public_key)
+        if self._ctx.settings.eab_required and eab_kid is None:
+            raise AcmeError(
+                type=ProblemType.EXTERNAL_ACCOUNT_REQUIRED,
+                detail="This CA requires an external account binding for new accounts",
+            )
+        account = Account(
+            id=new_id(),
+            status=AccountStatus.VALID,
+            jwk=jwk,
+            thumbprint=thumbprint,
+            contact=request.contact or (),
+            tos_agreed=request.terms_of_service_agreed,
+            created_at=self._ctx.clock.now(),
+            eab_kid=eab_kid,
+        )
+        stored = await storage.create_account(account)
+        return stored, stored.id == account.id
+
+    async def update_account(self, account: Account, update: AccountUpdate) -> Account:
+        """RFC 8555 §7.3.2 and §7.3.6."""
+        if update.deactivate:
+            await self._ctx.storage.deactivate_account(account.id)
+            return dataclasses.replace(account, status=AccountStatus.DEACTIVATED)
+        changed = account
+        if update.contact is not None:
+            changed = dataclasses.replace(changed, contact=update.contact)
+        if update.terms_of_service_agreed:
+            changed = dataclasses.replace(changed, tos_agreed=True)
+        if changed != account:
+            await self._ctx.storage.update_account(changed)
+        return changed
+
+    async def change_key(
+        self,
+        account: Account,
+        *,
+        new_jwk: dict[str, Any],
+        new_thumbprint: str,
+        new_public_key: PublicKeyTypes,
+        old_key_thumbprint: str,
+    ) -> Account:
+        """RFC 8555 §7.3.5 once the front end has verified both signatures."""
+        if old_key_thumbprint != account.thumbprint:
+            raise unauthorized("keyChange 'oldKey' is not the account's current key")
+        if new_thumbprint == account.thumbprint:
+            raise AcmeError(
+                type=ProblemType.MALFORMED, detail="The new key is the account's current key"
+            )
+        await self.check_account_key(new_public_key)
+        storage = self._ctx.storage
+        holder = await storage.get_account_by_thumbprint(new_thumbprint)
+        if holder is None and await storage.change_account_key(account.id, new_jwk, new_thumbprint):
+            return dataclasses.replace(account, jwk=new_jwk, thumbprint=new_thumbprint)
+        holder = holder or await storage.get_account_by_thumbprint(new_thumbprint)
+        raise AcmeError(
+            type=ProblemType.CONFLICT,
+            detail="The new key is already in use by another account",
+            extra={"account": holder.id} if holder else {},
+        )

@@ -1,0 +1,103 @@
+"""The registration authority: every state transition of the CA, and its background jobs.
+
+The RA never sees HTTP. It is the only writer to storage; it calls the VA and the
+CA. Validation runs as a background task in the process that accepted the
+challenge; a job row with a lease lets another process (or a restart) take it up
+if this one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from acme_ca.ra.accounts import AccountService
+from acme_ca.ra.context import RAContext
+from acme_ca.ra.issuance import IssuanceService
+from acme_ca.ra.orders import OrderService
+from acme_ca.ra.revocation import RevocationService
+from acme_ca.ra.validation import ValidationService
+
+__all__ = ["RegistrationAuthority"]
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationAuthority:
+    def __init__(self, ctx: RAContext, *, max_concurrent_validations: int = 64) -> None:
+        self.ctx = ctx
+        self.accounts = AccountService(ctx)
+        self.orders = OrderService(ctx)
+        self.validations = ValidationService(ctx)
+        self.issuance = IssuanceService(ctx)
+        self.revocation = RevocationService(ctx)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._validation_slots = asyncio.Semaphore(max_concurrent_validations)
+        self._maintenance: asyncio.Task[None] | None = None
+
+    # ---- background work -------------------------------------------------------
+
+    def spawn_validation(self, challenge_id: str) -> None:
+        self._spawn(self._validate(challenge_id))
+
+    async def _validate(self, challenge_id: str) -> None:
+        async with self._validation_slots:
+            await self.validations.run(challenge_id)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background job failed", exc_info=task.exception())
+
+    async def resume_stale_jobs(self) -> int:
+        """Take up jobs whose lease ran out: their process died (DESIGN.md)."""
+        ctx = self.ctx
+        now = ctx.clock.now()
+        claimed = await ctx.storage.claim_stale_jobs(
+            now=now, lease_until=now + ctx.settings.job_lease
+        )
+        for kind, target in claimed:
+            log.info("resuming %s job for %s", kind, target)
+            if kind == "validate":
+                self.spawn_validation(target)
+            elif kind == "issue":
+                self._spawn(self.issuance.issue(target))
+        return len(claimed)
+
+    async def _maintenance_loop(self, interval: float) -> None:
+        while True:
+            try:
+                await self.resume_stale_jobs()
+                await self.ctx.storage.purge_used_nonces(self.ctx.clock.now())
+            except Exception:
+                log.exception("maintenance pass failed")
+            await asyncio.sleep(interval)
+
+    def start(self, *, maintenance_interval: float = 5.0) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(
+                self._maintenance_loop(maintenance_interval)
+            )
+
+    async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        if self._tasks:
+            # Let running validations finish briefly; their leases cover the rest.
+            await asyncio.wait(list(self._tasks), timeout=5)
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def drain(self) -> None:
+        """Wait for the background tasks of this process (tests)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))

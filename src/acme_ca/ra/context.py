@@ -1,0 +1,65 @@
+"""What every part of the RA shares: its collaborators and its settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass, field
+
+from acme_ca.ca import CertificateAuthority, CertificateProfile
+from acme_ca.clock import Clock
+from acme_ca.model import RevocationReason
+from acme_ca.policy.identifiers import IdentifierPolicy
+from acme_ca.policy.keys import KeyPolicy
+from acme_ca.storage.store import Storage
+from acme_ca.va import ValidationAuthority
+
+__all__ = ["RAContext", "RASettings", "new_id", "new_token"]
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def new_token() -> str:
+    # RFC 8555 §8.1: at least 128 bits of entropy, base64url.
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RASettings:
+    pending_authz_lifetime: dt.timedelta = dt.timedelta(days=7)
+    valid_authz_lifetime: dt.timedelta = dt.timedelta(days=30)
+    order_lifetime: dt.timedelta = dt.timedelta(days=7)
+    reuse_margin: dt.timedelta = dt.timedelta(days=1)
+    """An authz is reused only if it stays alive at least this much longer."""
+    job_lease: dt.timedelta = dt.timedelta(seconds=60)
+    """How long a job may run before another process may take it up."""
+    max_backdate: dt.timedelta = dt.timedelta(hours=24)
+    """How far in the past a requested notBefore may lie."""
+    profiles: dict[str, CertificateProfile] = field(
+        default_factory=lambda: {"classic": CertificateProfile()}
+    )
+    default_profile: str = "classic"
+    revocation_reasons: frozenset[RevocationReason] = frozenset(
+        {
+            RevocationReason.UNSPECIFIED,
+            RevocationReason.KEY_COMPROMISE,
+            RevocationReason.AFFILIATION_CHANGED,
+            RevocationReason.SUPERSEDED,
+            RevocationReason.CESSATION_OF_OPERATION,
+            RevocationReason.PRIVILEGE_WITHDRAWN,
+        }
+    )
+    eab_required: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RAContext:
+    storage: Storage
+    va: ValidationAuthority
+    ca: CertificateAuthority
+    clock: Clock
+    identifier_policy: IdentifierPolicy
+    key_policy: KeyPolicy
+    settings: RASettings

@@ -1,0 +1,154 @@
+"""Orders and authorizations: creation, reuse and deactivation (RFC 8555 §7.4, §7.5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from acme_ca.errors import AcmeError, Identifier, ProblemType, malformed, unauthorized
+from acme_ca.model import (
+    Account,
+    Authorization,
+    AuthzStatus,
+    Challenge,
+    ChallengeStatus,
+    ChallengeType,
+    IdentifierType,
+    Order,
+    OrderStatus,
+)
+from acme_ca.policy.identifiers import normalize_identifiers
+from acme_ca.protocol.messages import NewOrderRequest
+from acme_ca.ra.context import RAContext, new_id, new_token
+
+__all__ = ["OrderService"]
+
+
+def challenge_types_for(identifier: Identifier, *, wildcard: bool) -> tuple[ChallengeType, ...]:
+    if wildcard:
+        # RFC 8555 §7.1.3: wildcards are proven over DNS only.
+        return (ChallengeType.DNS_01,)
+    if identifier.type == IdentifierType.IP:
+        # RFC 8738 §7: no dns-01 for IP addresses.
+        return (ChallengeType.HTTP_01, ChallengeType.TLS_ALPN_01)
+    return (ChallengeType.HTTP_01, ChallengeType.DNS_01, ChallengeType.TLS_ALPN_01)
+
+
+class OrderService:
+    def __init__(self, ctx: RAContext) -> None:
+        self._ctx = ctx
+
+    def _check_validity_window(
+        self, request: NewOrderRequest, now: dt.datetime, profile_name: str
+    ) -> None:
+        profile = self._ctx.settings.profiles[profile_name]
+        start = request.not_before or now
+        if (
+            request.not_before is not None
+            and request.not_before < now - self._ctx.settings.max_backdate
+        ):
+            raise malformed("notBefore is too far in the past")
+        if (
+            request.not_before is not None
+            and request.not_before > now + self._ctx.settings.order_lifetime
+        ):
+            raise malformed("notBefore is too far in the future")
+        if request.not_after is not None:
+            if request.not_after <= start:
+                raise malformed("notAfter must be later than notBefore")
+            if request.not_after - start > profile.validity:
+                raise malformed(
+                    f"The requested validity exceeds the maximum of "
+                    f"{profile.validity.days} days for profile {profile_name!r}"
+                )
+
+    def _profile_name(self, requested: str | None) -> str:
+        settings = self._ctx.settings
+        if requested is None:
+            return settings.default_profile
+        if requested not in settings.profiles:
+            raise AcmeError(
+                type=ProblemType.INVALID_PROFILE,
+                detail=f"Unknown profile {requested!r}; offered: {', '.join(settings.profiles)}",
+            )
+        return requested
+
+    async def new_order(self, account: Account, request: NewOrderRequest) -> Order:
+        ctx = self._ctx
+        now = ctx.clock.now()
+        identifiers = normalize_identifiers(request.identifiers, ctx.identifier_policy)
+        profile = self._profile_name(request.profile)
+        self._check_validity_window(request, now, profile)
+        authz_ids: list[str] = []
+        new_authzs: list[Authorization] = []
+        expiries: list[dt.datetime] = []
+        for identifier in identifiers:
+            wildcard = identifier.type == IdentifierType.DNS and identifier.value.startswith("*.")
+            base = Identifier(type=identifier.type, value=identifier.value.removeprefix("*."))
+            reused = await ctx.storage.find_reusable_authz(
+                account.id, base, wildcard=wildcard, valid_after=now + ctx.settings.reuse_margin
+            )
+            if reused is not None:
+                authz_ids.append(reused.id)
+                expiries.append(reused.expires)
+                continue
+            authz = self._new_authz(account, base, wildcard=wildcard, now=now)
+            new_authzs.append(authz)
+            authz_ids.append(authz.id)
+            expiries.append(authz.expires)
+        order = Order(
+            id=new_id(),
+            account_id=account.id,
+            status=OrderStatus.PENDING,
+            identifiers=identifiers,
+            authz_ids=tuple(authz_ids),
+            # An order lives no longer than its shortest-lived authorization.
+            expires=min([now + ctx.settings.order_lifetime, *expiries]),
+            not_before=request.not_before,
+            not_after=request.not_after,
+            profile=profile if request.profile is not None else None,
+            replaces=request.replaces,
+            created_at=now,
+        )
+        await ctx.storage.create_order(order, new_authzs)
+        if not new_authzs:
+            # Every authz was reused: the order may already be ready.
+            await ctx.storage.settle_order(order.id)
+            stored = await ctx.storage.get_order(order.id)
+            assert stored is not None
+            return stored
+        return order
+
+    def _new_authz(
+        self, account: Account, identifier: Identifier, *, wildcard: bool, now: dt.datetime
+    ) -> Authorization:
+        authz_id = new_id()
+        return Authorization(
+            id=authz_id,
+            account_id=account.id,
+            identifier=identifier,
+            status=AuthzStatus.PENDING,
+            expires=now + self._ctx.settings.pending_authz_lifetime,
+            wildcard=wildcard,
+            challenges=tuple(
+                Challenge(
+                    id=new_id(),
+                    authz_id=authz_id,
+                    type=kind,
+                    token=new_token(),
+                    status=ChallengeStatus.PENDING,
+                )
+                for kind in challenge_types_for(identifier, wildcard=wildcard)
+            ),
+            created_at=now,
+        )
+
+    async def deactivate_authz(self, account: Account, authz: Authorization) -> Authorization:
+        if authz.account_id != account.id:
+            raise unauthorized("Authorization belongs to another account")
+        if authz.status not in (AuthzStatus.PENDING, AuthzStatus.VALID):
+            # RFC 8555 §7.5.2: only pending or valid authorizations can be deactivated.
+            raise malformed(f"Cannot deactivate an authorization that is {authz.status}")
+        await self._ctx.storage.deactivate_authz(authz.id)
+        stored = await self._ctx.storage.get_authz(authz.id)
+        assert stored is not None
+        return stored

@@ -1,0 +1,188 @@
+"""Conversions between rows and domain objects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row
+
+from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem
+from acme_ca.model import (
+    Account,
+    AccountStatus,
+    Authorization,
+    AuthzStatus,
+    Certificate,
+    Challenge,
+    ChallengeStatus,
+    ChallengeType,
+    Order,
+    OrderStatus,
+    RevocationReason,
+)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def to_us(value: dt.datetime) -> int:
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def opt_to_us(value: dt.datetime | None) -> int | None:
+    return None if value is None else to_us(value)
+
+
+def from_us(value: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=value)
+
+
+def opt_from_us(value: int | None) -> dt.datetime | None:
+    return None if value is None else from_us(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def identifiers_to_json(identifiers: Sequence[Identifier]) -> str:
+    return dumps([[i.type, i.value] for i in identifiers])
+
+
+def identifiers_from_json(text: str) -> tuple[Identifier, ...]:
+    return tuple(Identifier(type=t, value=v) for t, v in json.loads(text))
+
+
+def error_to_json(error: AcmeError | None) -> str | None:
+    if error is None:
+        return None
+    return dumps(
+        {
+            "type": str(error.type),
+            "detail": error.detail,
+            "sub": [
+                [
+                    str(s.type),
+                    s.detail,
+                    [s.identifier.type, s.identifier.value] if s.identifier else None,
+                ]
+                for s in error.subproblems
+            ],
+        }
+    )
+
+
+def error_from_json(text: str | None) -> AcmeError | None:
+    if text is None:
+        return None
+    doc = json.loads(text)
+    return AcmeError(
+        type=ProblemType(doc["type"]),
+        detail=doc["detail"],
+        subproblems=tuple(
+            SubProblem(
+                type=ProblemType(t),
+                detail=d,
+                identifier=Identifier(type=i[0], value=i[1]) if i else None,
+            )
+            for t, d, i in doc.get("sub", ())
+        ),
+    )
+
+
+def account_from_row(row: Row[Any]) -> Account:
+    m = row._mapping
+    return Account(
+        id=m["id"],
+        status=AccountStatus(m["status"]),
+        jwk=json.loads(m["jwk"]),
+        thumbprint=m["thumbprint"],
+        contact=tuple(json.loads(m["contact"])),
+        tos_agreed=bool(m["tos_agreed"]),
+        eab_kid=m["eab_kid"],
+        created_at=from_us(m["created_at"]),
+    )
+
+
+def order_from_row(row: Row[Any], now: dt.datetime) -> Order:
+    m = row._mapping
+    status = OrderStatus(m["status"])
+    expires = from_us(m["expires"])
+    error = error_from_json(m["error"])
+    if status in (OrderStatus.PENDING, OrderStatus.READY) and expires <= now:
+        # RFC 8555 §7.1.6: an order that expires unfinished becomes invalid.
+        status = OrderStatus.INVALID
+        error = error or AcmeError(type=ProblemType.MALFORMED, detail="Order expired")
+    return Order(
+        id=m["id"],
+        account_id=m["account_id"],
+        status=status,
+        identifiers=identifiers_from_json(m["identifiers"]),
+        authz_ids=tuple(json.loads(m["authz_ids"])),
+        expires=expires,
+        not_before=opt_from_us(m["not_before"]),
+        not_after=opt_from_us(m["not_after"]),
+        error=error,
+        certificate_id=m["certificate_id"],
+        profile=m["profile"],
+        replaces=m["replaces"],
+        created_at=from_us(m["created_at"]),
+        csr_der=m["csr"],
+    )
+
+
+def challenge_from_row(row: Row[Any]) -> Challenge:
+    m = row._mapping
+    record = m["validation_record"]
+    return Challenge(
+        id=m["id"],
+        authz_id=m["authz_id"],
+        type=ChallengeType(m["type"]),
+        token=m["token"],
+        status=ChallengeStatus(m["status"]),
+        validated=opt_from_us(m["validated"]),
+        error=error_from_json(m["error"]),
+        validation_record=tuple(json.loads(record)) if record else (),
+    )
+
+
+def authz_from_row(
+    row: Row[Any], challenges: Sequence[Challenge], now: dt.datetime
+) -> Authorization:
+    m = row._mapping
+    status = AuthzStatus(m["status"])
+    expires = from_us(m["expires"])
+    if status in (AuthzStatus.PENDING, AuthzStatus.VALID) and expires <= now:
+        # RFC 8555 §7.1.6: pending and valid authorizations expire.
+        status = AuthzStatus.EXPIRED
+    return Authorization(
+        id=m["id"],
+        account_id=m["account_id"],
+        identifier=Identifier(type=m["identifier_type"], value=m["identifier_value"]),
+        status=status,
+        expires=expires,
+        wildcard=bool(m["wildcard"]),
+        challenges=tuple(challenges),
+        created_at=from_us(m["created_at"]),
+    )
+
+
+def certificate_from_row(row: Row[Any]) -> Certificate:
+    m = row._mapping
+    reason = m["revocation_reason"]
+    return Certificate(
+        id=m["id"],
+        serial=m["serial"],
+        account_id=m["account_id"],
+        order_id=m["order_id"],
+        identifiers=identifiers_from_json(m["identifiers"]),
+        pem_chains=tuple(json.loads(m["pem_chains"])),
+        spki_sha256=m["spki_sha256"],
+        not_before=from_us(m["not_before"]),
+        not_after=from_us(m["not_after"]),
+        issued_at=from_us(m["issued_at"]),
+        revoked_at=opt_from_us(m["revoked_at"]),
+        revocation_reason=RevocationReason(reason) if reason is not None else None,
+    )

@@ -1,0 +1,192 @@
+"""Handlers: directory, nonces, accounts, key change (RFC 8555 §7.1, §7.2, §7.3)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
+from acme_ca.protocol.jws import (
+    import_public_jwk,
+    loads_strict,
+    parse_flattened,
+    public_key_of,
+    thumbprint,
+    verify_signature,
+)
+from acme_ca.protocol.messages import parse_account_update, parse_new_account
+from acme_ca.protocol.resources import render_account
+from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.responses import json_response
+
+__all__ = [
+    "account",
+    "account_orders",
+    "directory",
+    "key_change",
+    "new_account",
+    "new_nonce",
+    "terms",
+]
+
+
+async def directory(fe: FrontEnd, request: Request) -> Response:
+    urls = fe.urls
+    meta: dict[str, Any] = {
+        "externalAccountRequired": fe.meta.external_account_required,
+    }
+    if fe.meta.terms_of_service:
+        meta["termsOfService"] = fe.meta.terms_of_service
+    if fe.meta.website:
+        meta["website"] = fe.meta.website
+    if fe.meta.caa_identities:
+        meta["caaIdentities"] = list(fe.meta.caa_identities)
+    if fe.meta.profiles:
+        meta["profiles"] = dict(fe.meta.profiles)
+    doc: dict[str, Any] = {
+        "newNonce": urls.new_nonce,
+        "newAccount": urls.new_account,
+        "newOrder": urls.new_order,
+        "revokeCert": urls.revoke_cert,
+        "keyChange": urls.key_change,
+        "meta": meta,
+    }
+    if fe.meta.new_authz:
+        doc["newAuthz"] = urls.new_authz
+    return json_response(doc)
+
+
+async def new_nonce(fe: FrontEnd, request: Request) -> Response:
+    # RFC 8555 §7.2: HEAD answers 200, GET answers 204; the nonce is added by the wrapper.
+    status = 200 if request.method == "HEAD" else 204
+    return Response(status_code=status, headers={"Cache-Control": "no-store"})
+
+
+async def terms(fe: FrontEnd, request: Request) -> Response:
+    return Response(
+        "acme-ca terms of service: certificates are issued for the operator's private PKI.\n",
+        media_type="text/plain",
+    )
+
+
+def _eab_kid(binding: dict[str, Any] | None) -> str | None:
+    """The `kid` of an External Account Binding (RFC 8555 §7.3.4); MAC checks come later."""
+    if binding is None:
+        return None
+    raise AcmeError(
+        type=ProblemType.MALFORMED,
+        detail="External account binding is not enabled on this CA",
+    )
+
+
+async def new_account(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=True, allow_kid=False)
+    jwk = verified.jws.header.jwk
+    assert jwk is not None
+    req = parse_new_account(verified.jws.payload_json())
+    public_jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+    account, created = await fe.ra.accounts.new_account(
+        jwk=public_jwk,
+        thumbprint=thumbprint(verified.key),
+        public_key=public_key_of(verified.key),
+        request=req,
+        eab_kid=_eab_kid(req.external_account_binding),
+    )
+    location = fe.urls.account(account.id)
+    # RFC 8555 §7.3.1: 201 for a new account, 200 with its URL for an existing one.
+    return json_response(
+        render_account(account, fe.urls),
+        status=201 if created else 200,
+        headers={"Location": location},
+    )
+
+
+async def account(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    acct = verified.require_account()
+    if fe.urls.account(acct.id) != fe.gate.request_url(request):
+        raise unauthorized("The request URL is not the signing account's URL")
+    if not verified.jws.is_post_as_get:
+        acct = await fe.ra.accounts.update_account(
+            acct, parse_account_update(verified.jws.payload_json())
+        )
+    return json_response(
+        render_account(acct, fe.urls), headers={"Location": fe.urls.account(acct.id)}
+    )
+
+
+def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
+    if not raw:
+        return None
+    try:
+        created, last_id = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        return int(created), str(last_id)
+    except (ValueError, TypeError):
+        raise malformed("Invalid orders cursor") from None
+
+
+def _encode_cursor(cursor: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(cursor)).encode()).rstrip(b"=").decode()
+
+
+async def account_orders(fe: FrontEnd, request: Request) -> Response:
+    """RFC 8555 §7.1.2.1: the account's orders, paginated with Link rel="next"."""
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    acct = verified.require_account()
+    if request.path_params["account_id"] != acct.id:
+        raise unauthorized("The orders list belongs to another account")
+    if not verified.jws.is_post_as_get:
+        raise malformed("The orders list is fetched with POST-as-GET")
+    ids, cursor = await fe.storage.list_order_ids(
+        acct.id, after=_decode_cursor(request.query_params.get("cursor")), limit=fe.orders_page_size
+    )
+    headers = {}
+    if cursor is not None:
+        next_url = f"{fe.urls.account_orders(acct.id)}?cursor={_encode_cursor(cursor)}"
+        headers["Link"] = f'<{next_url}>;rel="next"'
+    return json_response({"orders": [fe.urls.order(i) for i in ids]}, headers=headers)
+
+
+async def key_change(fe: FrontEnd, request: Request) -> Response:
+    """RFC 8555 §7.3.5: an inner JWS signed by the new key inside one signed by the old."""
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    acct = verified.require_account()
+    inner = parse_flattened(verified.jws.payload)
+    if inner.header.jwk is None:
+        raise malformed("The inner JWS of a key change must carry a 'jwk'")
+    if inner.header.url != verified.jws.header.url:
+        raise malformed("The inner JWS 'url' must equal the outer JWS 'url'")
+    if inner.header.nonce is not None:
+        raise malformed("The inner JWS of a key change must not carry a 'nonce'")
+    new_key = import_public_jwk(inner.header.jwk)
+    verify_signature(inner, new_key)
+    payload = loads_strict(inner.payload, what="keyChange payload")
+    if not isinstance(payload, dict):
+        raise malformed("The keyChange payload must be a JSON object")
+    if payload.get("account") != fe.urls.account(acct.id):
+        raise unauthorized("keyChange 'account' is not the signing account")
+    old_key = payload.get("oldKey")
+    if not isinstance(old_key, dict):
+        raise malformed("keyChange 'oldKey' must be a JWK object")
+    new_jwk = {k: v for k, v in inner.header.jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+    try:
+        updated = await fe.ra.accounts.change_key(
+            acct,
+            new_jwk=new_jwk,
+            new_thumbprint=thumbprint(new_key),
+            new_public_key=public_key_of(new_key),
+            old_key_thumbprint=thumbprint(import_public_jwk(old_key)),
+        )
+    except AcmeError as exc:
+        if exc.type == ProblemType.CONFLICT and "account" in exc.extra:
+            # RFC 8555 §7.3.5: 409 with the other account's URL in Location.
+            holder = exc.extra.pop("account")
+            exc.headers["Location"] = fe.urls.account(holder)
+        raise
+    return json_response(
+        render_account(updated, fe.urls), headers={"Location": fe.urls.account(updated.id)}
+    )

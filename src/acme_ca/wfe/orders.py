@@ -1,0 +1,148 @@
+"""Handlers: orders, authorizations, challenges, certificates, revocation (RFC 8555 §7.4-7.6)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from acme_ca.errors import not_found
+from acme_ca.model import Account, Authorization, Challenge, ChallengeStatus, Order, OrderStatus
+from acme_ca.policy.keys import spki_sha256
+from acme_ca.protocol.jws import public_key_of
+from acme_ca.protocol.messages import (
+    parse_authz_update,
+    parse_finalize,
+    parse_new_order,
+    parse_revoke,
+)
+from acme_ca.protocol.resources import render_authz, render_challenge, render_order
+from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.responses import json_response
+
+__all__ = [
+    "authz",
+    "certificate",
+    "challenge",
+    "finalize",
+    "new_order",
+    "order",
+    "revoke_cert",
+]
+
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+def _order_response(fe: FrontEnd, order_: Order, *, status: int = 200) -> Response:
+    headers = {"Location": fe.urls.order(order_.id)}
+    if order_.status == OrderStatus.PROCESSING:
+        headers["Retry-After"] = "1"
+    return json_response(render_order(order_, fe.urls), status=status, headers=headers)
+
+
+async def new_order(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    req = parse_new_order(verified.jws.payload_json())
+    created = await fe.ra.orders.new_order(verified.require_account(), req)
+    return _order_response(fe, created, status=201)
+
+
+async def _own_order(fe: FrontEnd, account: Account, order_id: str) -> Order:
+    found = await fe.storage.get_order(order_id)
+    # Another account's order answers as if it did not exist.
+    if found is None or found.account_id != account.id:
+        raise not_found("Order not found")
+    return found
+
+
+async def order(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    if not verified.jws.is_post_as_get:
+        verified.jws.payload_json()  # RFC 8555 §7.1.3: orders change only via finalize
+    found = await _own_order(fe, verified.require_account(), request.path_params["order_id"])
+    return _order_response(fe, found)
+
+
+async def finalize(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    account = verified.require_account()
+    found = await _own_order(fe, account, request.path_params["order_id"])
+    req = parse_finalize(verified.jws.payload_json())
+    finished = await fe.ra.issuance.finalize(account, found, req.csr_der)
+    return _order_response(fe, finished)
+
+
+async def _own_authz(fe: FrontEnd, account: Account, authz_id: str) -> Authorization:
+    found = await fe.storage.get_authz(authz_id)
+    if found is None or found.account_id != account.id:
+        raise not_found("Authorization not found")
+    return found
+
+
+async def authz(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    account = verified.require_account()
+    found = await _own_authz(fe, account, request.path_params["authz_id"])
+    if not verified.jws.is_post_as_get:
+        parse_authz_update(verified.jws.payload_json())
+        found = await fe.ra.orders.deactivate_authz(account, found)
+    return json_response(render_authz(found, fe.urls))
+
+
+def _challenge_response(fe: FrontEnd, authz_: Authorization, chall: Challenge) -> Response:
+    headers = {"Link": f'<{fe.urls.authz(authz_.id)}>;rel="up"'}
+    if chall.status == ChallengeStatus.PROCESSING:
+        headers["Retry-After"] = "1"
+    return json_response(render_challenge(chall, fe.urls), headers=headers)
+
+
+async def challenge(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    account = verified.require_account()
+    found = await _own_authz(fe, account, request.path_params["authz_id"])
+    chall = next((c for c in found.challenges if c.id == request.path_params["challenge_id"]), None)
+    if chall is None:
+        raise not_found("Challenge not found")
+    if verified.jws.is_post_as_get:
+        return _challenge_response(fe, found, chall)
+    # RFC 8555 §7.5.1: the response payload is an empty object; extra members are ignored.
+    verified.jws.payload_json()
+    if await fe.ra.validations.respond(account, found, chall):
+        fe.ra.spawn_validation(chall.id)
+    refreshed = await fe.storage.get_authz(found.id)
+    assert refreshed is not None
+    current = next(c for c in refreshed.challenges if c.id == chall.id)
+    return _challenge_response(fe, refreshed, current)
+
+
+async def certificate(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    if not verified.jws.is_post_as_get:
+        verified.jws.payload_json()
+    account = verified.require_account()
+    cert = await fe.storage.get_certificate(request.path_params["cert_id"])
+    if cert is None or cert.account_id != account.id:
+        raise not_found("Certificate not found")
+    index = int(request.path_params.get("index", 0))
+    if index >= len(cert.pem_chains):
+        raise not_found("No such alternate chain")
+    links = [
+        f'<{fe.urls.alternate_certificate(cert.id, i)}>;rel="alternate"'
+        for i in range(len(cert.pem_chains))
+        if i != index
+    ]
+    # RFC 8555 §7.4.2: alternate chains are offered with Link rel="alternate".
+    return Response(
+        cert.pem_chains[index], media_type=PEM_CHAIN, headers={"Link": ", ".join(links)}
+    )
+
+
+async def revoke_cert(fe: FrontEnd, request: Request) -> Response:
+    verified = await fe.gate.verify(request, allow_jwk=True, allow_kid=True)
+    req = parse_revoke(verified.jws.payload_json())
+    if verified.account is not None:
+        await fe.ra.revocation.revoke_by_account(verified.account, req.certificate_der, req.reason)
+    else:
+        await fe.ra.revocation.revoke_by_certificate_key(
+            spki_sha256(public_key_of(verified.key)), req.certificate_der, req.reason
+        )
+    return Response(status_code=200)

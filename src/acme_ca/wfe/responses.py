@@ -1,0 +1,29 @@
+"""Responses: ACME JSON, problem documents, and the headers every response carries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from acme_ca.errors import AcmeError
+from acme_ca.protocol.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from acme_ca.protocol.problems import problem_document
+
+__all__ = ["json_response", "problem_response"]
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def problem_response(error: AcmeError) -> Response:
+    body = json.dumps(problem_document(error), separators=(",", ":")).encode("utf-8")
+    response = Response(body, status_code=error.http_status, media_type=PROBLEM_CONTENT_TYPE)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
