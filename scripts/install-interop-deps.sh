@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install the real ACME clients that tests/interop drives: lego (Debian package) and certbot
+# (latest from PyPI, in its own venv so its pins never touch the project's .venv).
+# Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+CERTBOT_VENV="${CERTBOT_VENV:-.venv-certbot}"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        echo "install-interop-deps: need root to run: $*" >&2
+        return 1
+    fi
+}
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    # The package lists may be missing or stale on a fresh machine: update only on failure.
+    if ! as_root apt-get install -y -q "$@"; then
+        as_root apt-get update -q
+        as_root apt-get install -y -q "$@"
+    fi
+}
+
+if ! command -v lego >/dev/null 2>&1; then
+    apt_install lego
+fi
+
+if [ ! -x "$CERTBOT_VENV/bin/certbot" ]; then
+    rm -rf "$CERTBOT_VENV"
+    if ! "$PYTHON" -m venv "$CERTBOT_VENV"; then
+        # Debian's python3 ships venv/ensurepip separately.
+        rm -rf "$CERTBOT_VENV"
+        apt_install python3-venv
+        "$PYTHON" -m venv "$CERTBOT_VENV"
+    fi
+    "$CERTBOT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check certbot
+fi
+
+echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
+echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"

@@ -1,0 +1,5 @@
+import sys
+
+from acme_ca.bench.cli import main
+
+sys.exit(main())

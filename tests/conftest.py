@@ -1,0 +1,105 @@
+"""Shared fixtures: a CA made once per session, and a full acme-ca service in process.
+
+The service is the real composition (`build_service`): real SQLite (or PostgreSQL),
+real VA, real CA. Clients reach it through httpx's ASGI transport, and the VA
+validates http-01 against the challenge test server's responder on loopback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from acme_ca.bench.client import AcmeClient
+from acme_ca.bench.jws import generate_key
+from acme_ca.ca import create_ca
+from acme_ca.clock import SystemClock
+from acme_ca.config import Settings
+from acme_ca.service import AcmeService, build_service
+from acme_ca.testing import ChallengeTestServer
+from tests.acme_helpers import ClientFactory
+
+BASE_URL = "https://acme.test:14000"
+DIRECTORY = f"{BASE_URL}/directory"
+
+
+@pytest.fixture(scope="session")
+def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca-template")
+    create_ca(path, clock=SystemClock())
+    return path
+
+
+@pytest.fixture
+def data_dir(ca_template: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(ca_template, target)
+    return target
+
+
+@pytest.fixture
+async def challtestsrv() -> AsyncIterator[ChallengeTestServer]:
+    server = ChallengeTestServer(
+        dns_listen=("127.0.0.1", 0), management_listen=None, http01_listen=("127.0.0.1", 0)
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def database_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'acme-ca.db'}"
+
+
+@pytest.fixture
+async def service(
+    data_dir: Path, challtestsrv: ChallengeTestServer, database_url: str
+) -> AsyncIterator[AcmeService]:
+    settings = Settings(
+        data_dir=data_dir,
+        database=database_url,
+        external_url=BASE_URL,
+        dns_resolver=f"127.0.0.1:{challtestsrv.dns_port}",
+        http_01_port=challtestsrv.http01_port,
+        allow_private_addresses=True,
+    )
+    svc = await build_service(settings)
+    try:
+        yield svc
+    finally:
+        await svc.ra.drain()
+        await svc.close()
+
+
+@pytest.fixture
+def http(service: AcmeService) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app), base_url=BASE_URL)
+
+
+@pytest.fixture
+async def make_client(service: AcmeService) -> AsyncIterator[ClientFactory]:
+    clients: list[AcmeClient] = []
+
+    async def make(*, register: bool = True, key_kind: str = "p256") -> AcmeClient:
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app), base_url=BASE_URL)
+        client = AcmeClient(DIRECTORY, account_key=generate_key(key_kind), http=http)
+        clients.append(client)
+        if register:
+            await client.new_account(contact=["mailto:admin@example.test"])
+        return client
+
+    yield make
+    for client in clients:
+        await client._http.aclose()
+
+
+def in_days(days: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=days)

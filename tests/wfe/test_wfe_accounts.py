@@ -1,0 +1,221 @@
+"""Accounts, key change and revocation through the real app (RFC 8555 §7.3, §7.6)."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from acme_ca.bench.client import AcmeClient, AcmeProblem
+from acme_ca.bench.jws import generate_key, jwk_of, sign_jws
+from acme_ca.testing import ChallengeTestServer
+from tests.acme_helpers import ClientFactory, issue
+
+pytestmark = pytest.mark.asyncio
+
+ERR = "urn:ietf:params:acme:error:"
+
+
+async def test_new_account_twice_returns_existing_with_200(make_client: ClientFactory) -> None:
+    client = await make_client()
+    again = await client.new_account()
+    assert again.status == 200
+    assert again.location == client.kid
+
+
+async def test_only_return_existing_for_unknown_key(make_client: ClientFactory) -> None:
+    client = await make_client(register=False)
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_account(only_existing=True)
+    assert info.value.type == ERR + "accountDoesNotExist"
+
+
+async def test_only_return_existing_for_known_key(make_client: ClientFactory) -> None:
+    client = await make_client()
+    found = await client.new_account(only_existing=True)
+    assert found.location == client.kid
+
+
+@pytest.mark.parametrize(
+    ("contact", "kind"),
+    [
+        ("tel:+1555", "unsupportedContact"),
+        ("mailto:not-an-address", "invalidContact"),
+        ("mailto:a@example.test?subject=x", "invalidContact"),
+    ],
+)
+async def test_contact_validation(make_client: ClientFactory, contact: str, kind: str) -> None:
+    client = await make_client(register=False)
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_account(contact=[contact])
+    assert info.value.type == ERR + kind
+
+
+async def test_account_update_and_post_as_get(make_client: ClientFactory) -> None:
+    client = await make_client()
+    assert client.kid is not None
+    updated = await client.post(client.kid, {"contact": ["mailto:new@example.test"]})
+    assert updated.body["contact"] == ["mailto:new@example.test"]
+    fetched = await client.post_as_get(client.kid)
+    assert fetched.body["contact"] == ["mailto:new@example.test"]
+    assert fetched.body["status"] == "valid"
+
+
+async def test_account_url_of_other_account_is_unauthorized(make_client: ClientFactory) -> None:
+    a, b = await make_client(), await make_client()
+    assert b.kid is not None
+    with pytest.raises(AcmeProblem) as info:
+        await a.post_as_get(b.kid)
+    assert info.value.type == ERR + "unauthorized"
+
+
+async def test_deactivated_account_can_do_nothing(make_client: ClientFactory) -> None:
+    client = await make_client()
+    deactivated = await client.deactivate_account()
+    assert deactivated.body["status"] == "deactivated"
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_order(["after.example.test"])
+    assert info.value.type == ERR + "unauthorized"
+
+
+async def test_orders_list_is_paginated(make_client: ClientFactory, service: object) -> None:
+    client = await make_client()
+    service.front_end = service.front_end  # type: ignore[attr-defined]
+    for i in range(3):
+        await client.new_order([f"o{i}.example.test"])
+    acct = await client.post_as_get(client.kid or "")
+    listing = await client.post_as_get(acct.body["orders"])
+    assert len(listing.body["orders"]) == 3
+
+
+async def test_key_change(make_client: ClientFactory) -> None:
+    client = await make_client()
+    new_key = generate_key("p256")
+    url = (await client.directory())["keyChange"]
+    inner = sign_jws(
+        new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url, nonce=None
+    )
+    resp = await client.post(url, inner)
+    assert resp.status == 200
+    client.key = new_key
+    client._thumbprint = client.thumbprint  # keep the client consistent with its new key
+    assert (await client.post_as_get(client.kid or "")).body["status"] == "valid"
+
+
+async def test_key_change_to_taken_key_is_conflict(make_client: ClientFactory) -> None:
+    a, b = await make_client(), await make_client()
+    url = (await a.directory())["keyChange"]
+    inner = sign_jws(b.key, {"account": a.kid, "oldKey": jwk_of(a.key)}, url=url, nonce=None)
+    with pytest.raises(AcmeProblem) as info:
+        await a.post(url, inner)
+    assert info.value.status == 409
+    assert info.value.headers["location"] == b.kid
+
+
+async def test_key_change_with_wrong_old_key_is_refused(make_client: ClientFactory) -> None:
+    client = await make_client()
+    url = (await client.directory())["keyChange"]
+    new_key = generate_key("p256")
+    inner = sign_jws(
+        new_key, {"account": client.kid, "oldKey": jwk_of(new_key)}, url=url, nonce=None
+    )
+    with pytest.raises(AcmeProblem) as info:
+        await client.post(url, inner)
+    assert info.value.type == ERR + "unauthorized"
+
+
+async def test_key_change_inner_url_mismatch_is_malformed(make_client: ClientFactory) -> None:
+    client = await make_client()
+    url = (await client.directory())["keyChange"]
+    new_key = generate_key("p256")
+    inner = sign_jws(
+        new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url + "x", nonce=None
+    )
+    with pytest.raises(AcmeProblem) as info:
+        await client.post(url, inner)
+    assert info.value.type == ERR + "malformed"
+
+
+def _der(cert: object) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_revoke_by_account_then_already_revoked(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    _, leaf, _ = await issue(client, ["rev.example.test"], challtestsrv)
+    assert (await client.revoke(_der(leaf), reason=4)).status == 200
+    with pytest.raises(AcmeProblem) as info:
+        await client.revoke(_der(leaf))
+    assert info.value.type == ERR + "alreadyRevoked"
+
+
+async def test_revoke_with_certificate_key(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    key, leaf, _ = await issue(client, ["revkey.example.test"], challtestsrv)
+    other = await make_client(register=False)
+    assert (await other.revoke(_der(leaf), key=key)).status == 200
+
+
+async def test_revoke_with_wrong_key_is_unauthorized(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    _, leaf, _ = await issue(client, ["revwrong.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await client.revoke(_der(leaf), key=generate_key("p256"))
+    assert info.value.type == ERR + "unauthorized"
+
+
+async def test_revoke_by_unrelated_account_is_unauthorized(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    owner, stranger = await make_client(), await make_client()
+    _, leaf, _ = await issue(owner, ["revother.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await stranger.revoke(_der(leaf))
+    assert info.value.type == ERR + "unauthorized"
+
+
+async def test_revoke_by_account_holding_authzs(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    owner, other = await make_client(), await make_client()
+    _, leaf, _ = await issue(owner, ["shared.example.test"], challtestsrv)
+    await issue(other, ["shared.example.test"], challtestsrv)
+    assert (await other.revoke(_der(leaf))).status == 200
+
+
+@pytest.mark.parametrize("reason", [2, 6, 7, 8, 10, 99])
+async def test_bad_revocation_reason(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, reason: int
+) -> None:
+    client = await make_client()
+    _, leaf, _ = await issue(client, [f"reason{reason}.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await client.revoke(_der(leaf), reason=reason)
+    assert info.value.type == ERR + "badRevocationReason"
+
+
+async def test_key_compromise_blocks_the_key(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    key, leaf, _ = await issue(client, ["kc.example.test"], challtestsrv)
+    await client.revoke(_der(leaf), reason=1)
+    # The compromised key can no longer be an account key.
+    blocked = AcmeClient(client.directory_url, account_key=key, http=client._http)
+    with pytest.raises(AcmeProblem) as info:
+        await blocked.new_account()
+    assert info.value.type == ERR + "badPublicKey"
+
+
+async def test_new_account_rejects_weak_key(make_client: ClientFactory) -> None:
+    client = await make_client(register=False)
+    client.key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_account()
+    assert info.value.type == ERR + "badPublicKey"

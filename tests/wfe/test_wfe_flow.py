@@ -1,0 +1,248 @@
+"""End-to-end protocol behaviour through the real app (RFC 8555 §7)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from acme_ca.bench.client import AcmeProblem, PollFailed, build_csr
+from acme_ca.bench.jws import generate_key
+from acme_ca.testing import ChallengeTestServer
+from tests.acme_helpers import ClientFactory, issue, order_with_http01
+
+pytestmark = pytest.mark.asyncio
+
+ERR = "urn:ietf:params:acme:error:"
+
+
+async def test_directory_lists_resources_and_meta(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/directory")
+    assert resp.status_code == 200
+    body = resp.json()
+    for key in ("newNonce", "newAccount", "newOrder", "revokeCert", "keyChange"):
+        assert body[key].startswith("https://acme.test:14000/")
+    assert body["meta"]["externalAccountRequired"] is False
+    assert body["meta"]["termsOfService"]
+    assert body["meta"]["caaIdentities"]
+
+
+async def test_new_nonce_head_200_and_get_204(http: httpx.AsyncClient) -> None:
+    head = await http.head("/acme/new-nonce")
+    get = await http.get("/acme/new-nonce")
+    assert head.status_code == 200
+    assert get.status_code == 204
+    for resp in (head, get):
+        assert resp.headers["replay-nonce"]
+        assert resp.headers["cache-control"] == "no-store"
+        assert 'rel="index"' in resp.headers["link"]
+    assert head.headers["replay-nonce"] != get.headers["replay-nonce"]
+
+
+async def test_get_on_post_resource_is_405_with_allow(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/acme/new-order")
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == "POST"
+    assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_unknown_path_is_404_problem(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/nope")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_full_issuance_with_http01(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    key, leaf, order = await issue(client, ["www.example.test", "example.test"], challtestsrv)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"www.example.test", "example.test"}
+    assert leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    resp = await client.download_certificate(order["certificate"])
+    assert resp.headers["content-type"].startswith("application/pem-certificate-chain")
+    # RFC 8555 §7.4.2: an alternate chain is offered.
+    alternates = resp.links("alternate")
+    assert alternates
+    alt = await client.download_certificate(alternates[0])
+    alt_chain = x509.load_pem_x509_certificates(alt.content)
+    assert alt_chain[0] == leaf
+    assert len(alt_chain) >= 2
+
+
+async def test_dns01_wildcard(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    resp = await client.new_order(["*.wild.example.test"])
+    authz = (await client.post_as_get(resp.body["authorizations"][0])).body
+    assert authz["wildcard"] is True
+    assert authz["identifier"]["value"] == "wild.example.test"
+    # RFC 8555 §7.1.3: wildcards get dns-01 only.
+    assert [c["type"] for c in authz["challenges"]] == ["dns-01"]
+    chall = authz["challenges"][0]
+    challtestsrv.set_txt(
+        "_acme-challenge.wild.example.test", client.dns01_txt_value(chall["token"])
+    )
+    await client.respond_challenge(chall["url"])
+    await client.poll(resp.body["authorizations"][0], until={"valid"}, timeout=10)
+    order = await client.poll(resp.location or "", until={"ready"}, timeout=10)
+    final = await client.finalize(
+        order.body["finalize"], build_csr(generate_key("p256"), ["*.wild.example.test"])
+    )
+    assert final.body["status"] == "valid"
+
+
+async def test_failed_challenge_invalidates_authz_and_order(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    resp = await client.new_order(["fail.example.test"])
+    authz_url = resp.body["authorizations"][0]
+    authz = (await client.post_as_get(authz_url)).body
+    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    challtestsrv.add_http01(chall["token"], "wrong")
+    processing = await client.respond_challenge(chall["url"])
+    assert processing.body["status"] in ("processing", "invalid")
+    assert 'rel="up"' in processing.headers["link"]
+    with pytest.raises(PollFailed):
+        await client.poll(authz_url, until={"valid"}, timeout=10)
+    order = (await client.post_as_get(resp.location or "")).body
+    assert order["status"] == "invalid"
+    assert order["error"]["subproblems"][0]["identifier"]["value"] == "fail.example.test"
+    chall_doc = (await client.post_as_get(chall["url"])).body
+    assert chall_doc["status"] == "invalid"
+    assert chall_doc["error"]["type"] == ERR + "unauthorized"
+    assert chall_doc["validationRecord"]
+
+
+async def test_valid_authz_is_reused(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    first = await order_with_http01(client, ["reuse.example.test"], challtestsrv)
+    second = await client.new_order(["reuse.example.test"])
+    assert second.body["authorizations"] == first["authorizations"]
+    assert second.body["status"] == "ready"
+
+
+async def test_finalize_before_ready_is_order_not_ready(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.new_order(["early.example.test"])
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(
+            resp.body["finalize"], build_csr(generate_key("p256"), ["early.example.test"])
+        )
+    assert info.value.type == ERR + "orderNotReady"
+    assert info.value.status == 403
+
+
+async def test_finalize_twice_is_order_not_ready(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    _, _, order = await issue(client, ["twice.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(
+            order["finalize"], build_csr(generate_key("p256"), ["twice.example.test"])
+        )
+    assert info.value.type == ERR + "orderNotReady"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["other.example.test"], ["csr.example.test", "extra.example.test"], []],
+    ids=["wrong-name", "extra-name", "no-name"],
+)
+async def test_finalize_csr_names_must_match(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, names: list[str]
+) -> None:
+    client = await make_client()
+    order = await order_with_http01(client, ["csr.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(order["finalize"], build_csr(generate_key("p256"), names))
+    assert info.value.type == ERR + "badCSR"
+    # A refused CSR leaves the order ready for another try.
+    assert (await client.post_as_get(order["url"])).body["status"] == "ready"
+
+
+async def test_finalize_csr_with_account_key_is_refused(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    order = await order_with_http01(client, ["samekey.example.test"], challtestsrv)
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(order["finalize"], build_csr(client.key, ["samekey.example.test"]))
+    assert info.value.type == ERR + "badCSR"
+
+
+async def test_other_account_cannot_see_order_authz_or_cert(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    owner = await make_client()
+    stranger = await make_client()
+    _, _, order = await issue(owner, ["mine.example.test"], challtestsrv)
+    for url in (order["url"], order["authorizations"][0], order["certificate"]):
+        with pytest.raises(AcmeProblem) as info:
+            await stranger.post_as_get(url)
+        assert info.value.status == 404
+
+
+async def test_authz_deactivation(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.new_order(["deact.example.test"])
+    authz_url = resp.body["authorizations"][0]
+    deactivated = await client.deactivate_authorization(authz_url)
+    assert deactivated.body["status"] == "deactivated"
+    assert (await client.post_as_get(resp.location or "")).body["status"] == "invalid"
+    # RFC 8555 §7.5.2: a deactivated authz cannot be validated.
+    chall = deactivated.body["challenges"][0]
+    with pytest.raises(AcmeProblem) as info:
+        await client.respond_challenge(chall["url"])
+    assert info.value.type == ERR + "malformed"
+
+
+async def test_order_rejects_bad_identifiers_with_subproblems(make_client: ClientFactory) -> None:
+    client = await make_client()
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_order(["com", "bad..name.test", "ok.example.test"])
+    assert info.value.type == ERR + "rejectedIdentifier"
+    values = {s["identifier"]["value"] for s in info.value.subproblems}
+    assert values == {"com", "bad..name.test"}
+
+
+async def test_order_rejects_unknown_identifier_type(make_client: ClientFactory) -> None:
+    client = await make_client()
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_order([{"type": "email", "value": "a@example.test"}])
+    assert info.value.type == ERR + "unsupportedIdentifier"
+
+
+async def test_order_not_after_beyond_profile_is_refused(make_client: ClientFactory) -> None:
+    client = await make_client()
+    url = (await client.directory())["newOrder"]
+    with pytest.raises(AcmeProblem) as info:
+        await client.post(
+            url,
+            {
+                "identifiers": [{"type": "dns", "value": "long.example.test"}],
+                "notAfter": "2100-01-01T00:00:00Z",
+            },
+        )
+    assert info.value.type == ERR + "malformed"
+    assert "validity" in info.value.detail
+
+
+async def test_ip_identifier_order(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    _, leaf, _ = await issue(client, ["127.0.0.1"], challtestsrv)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]

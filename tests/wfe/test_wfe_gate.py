@@ -1,0 +1,287 @@
+"""The request gate: one test per JWS and nonce rule (RFC 8555 §6, RFC 7515)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from acme_ca.bench.client import AcmeProblem
+from acme_ca.bench.jws import b64url, generate_key, jwk_of
+from tests.acme_helpers import ClientFactory, fresh_nonce, post_raw, raw_jws
+
+pytestmark = pytest.mark.asyncio
+
+ERR = "urn:ietf:params:acme:error:"
+BASE = "https://acme.test:14000"
+NEW_ACCOUNT = f"{BASE}/acme/new-account"
+NEW_ORDER = f"{BASE}/acme/new-order"
+ACCOUNT_PAYLOAD = json.dumps({"termsOfServiceAgreed": True}).encode()
+
+
+def _problem(resp: httpx.Response, status: int, kind: str) -> dict[str, object]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    body = resp.json()
+    assert body["type"] == ERR + kind, body
+    # RFC 8555 §6.5: every response, errors included, carries a fresh nonce.
+    assert resp.headers["replay-nonce"]
+    return dict(body)
+
+
+async def test_valid_jwk_request_creates_account(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    resp = await post_raw(http, "/acme/new-account", body)
+    assert resp.status_code == 201
+    assert resp.headers["location"].startswith(f"{BASE}/acme/acct/")
+
+
+async def test_wrong_content_type_is_415(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    resp = await http.post(
+        "/acme/new-account", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    _problem(resp, 415, "malformed")
+
+
+async def test_oversized_body_is_413(http: httpx.AsyncClient) -> None:
+    resp = await post_raw(http, "/acme/new-account", b"{" + b" " * 70_000 + b"}")
+    _problem(resp, 413, "malformed")
+
+
+async def test_compact_serialization_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    compact = f"{body['protected']}.{body['payload']}.{body['signature']}"
+    resp = await post_raw(http, "/acme/new-account", compact.encode())
+    _problem(resp, 400, "malformed")
+
+
+async def test_general_serialization_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    general = {
+        "payload": body["payload"],
+        "signatures": [{"protected": body["protected"], "signature": body["signature"]}],
+    }
+    _problem(await post_raw(http, "/acme/new-account", general), 400, "malformed")
+
+
+async def test_unprotected_header_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    _problem(
+        await post_raw(http, "/acme/new-account", {**body, "header": {"kid": "x"}}),
+        400,
+        "malformed",
+    )
+
+
+async def test_duplicate_json_members_are_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    text = json.dumps(body)[:-1] + ', "payload": ""}'
+    _problem(await post_raw(http, "/acme/new-account", text.encode()), 400, "malformed")
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "PS256"])
+async def test_disallowed_algorithms(http: httpx.AsyncClient, alg: str) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"alg": alg, "jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    doc = _problem(await post_raw(http, "/acme/new-account", body), 400, "badSignatureAlgorithm")
+    assert "ES256" in doc["algorithms"]  # type: ignore[operator]
+
+
+async def test_alg_not_matching_key_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    body = raw_jws(
+        key,
+        {"alg": "ES384", "jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT},
+        ACCOUNT_PAYLOAD,
+    )
+    _problem(await post_raw(http, "/acme/new-account", body), 400, "badSignatureAlgorithm")
+
+
+async def test_jwk_and_kid_together_are_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    header = {
+        "jwk": jwk_of(key),
+        "kid": f"{BASE}/acme/acct/x",
+        "nonce": await fresh_nonce(http),
+        "url": NEW_ACCOUNT,
+    }
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "malformed",
+    )
+
+
+async def test_neither_jwk_nor_kid_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    header = {"nonce": await fresh_nonce(http), "url": NEW_ACCOUNT}
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "malformed",
+    )
+
+
+async def test_private_jwk_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    jwk = {**jwk_of(key), "d": b64url(key.private_numbers().private_value.to_bytes(32, "big"))}  # type: ignore[union-attr]
+    header = {"jwk": jwk, "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT}
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "badPublicKey",
+    )
+
+
+async def test_bad_signature_is_refused(http: httpx.AsyncClient) -> None:
+    key, other = generate_key("p256"), generate_key("p256")
+    header = {"jwk": jwk_of(other), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT}
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "malformed",
+    )
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    [None, "", "not-a-nonce", b64url(b"\x00" * 32)],
+    ids=["missing", "empty", "malformed", "unknown"],
+)
+async def test_bad_nonces(http: httpx.AsyncClient, nonce: str | None) -> None:
+    key = generate_key("p256")
+    header = {"jwk": jwk_of(key), "url": NEW_ACCOUNT}
+    if nonce is not None:
+        header["nonce"] = nonce
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "badNonce",
+    )
+
+
+async def test_reused_nonce_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    nonce = await fresh_nonce(http)
+    header = {"jwk": jwk_of(key), "nonce": nonce, "url": NEW_ACCOUNT}
+    first = await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD))
+    assert first.status_code == 201
+    second = await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD))
+    _problem(second, 400, "badNonce")
+
+
+@pytest.mark.parametrize(
+    "url", [None, f"{BASE}/acme/new-order", "https://elsewhere.test/acme/new-account"]
+)
+async def test_url_missing_or_mismatched_is_unauthorized(
+    http: httpx.AsyncClient, url: str | None
+) -> None:
+    key = generate_key("p256")
+    header: dict[str, object] = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http)}
+    if url is not None:
+        header["url"] = url
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        403,
+        "unauthorized",
+    )
+
+
+@pytest.mark.parametrize(
+    "extra", [{"b64": False}, {"crit": ["b64"], "b64": False}, {"crit": ["exp"]}]
+)
+async def test_b64_and_crit_are_refused(http: httpx.AsyncClient, extra: dict[str, object]) -> None:
+    key = generate_key("p256")
+    header = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT, **extra}
+    _problem(
+        await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD)),
+        400,
+        "malformed",
+    )
+
+
+async def test_unknown_kid_is_account_does_not_exist(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    header = {"kid": f"{BASE}/acme/acct/nope", "nonce": await fresh_nonce(http), "url": NEW_ORDER}
+    payload = json.dumps({"identifiers": [{"type": "dns", "value": "a.example.test"}]}).encode()
+    _problem(
+        await post_raw(http, "/acme/new-order", raw_jws(key, header, payload)),
+        400,
+        "accountDoesNotExist",
+    )
+
+
+async def test_kid_signed_by_wrong_key_is_refused(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    intruder = generate_key("p256")
+    header = {"kid": client.kid, "nonce": await fresh_nonce(http), "url": NEW_ORDER}
+    payload = json.dumps({"identifiers": [{"type": "dns", "value": "a.example.test"}]}).encode()
+    _problem(
+        await post_raw(http, "/acme/new-order", raw_jws(intruder, header, payload)),
+        400,
+        "malformed",
+    )
+
+
+async def test_jwk_on_kid_resource_is_refused(http: httpx.AsyncClient) -> None:
+    key = generate_key("p256")
+    header = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ORDER}
+    payload = json.dumps({"identifiers": [{"type": "dns", "value": "a.example.test"}]}).encode()
+    _problem(
+        await post_raw(http, "/acme/new-order", raw_jws(key, header, payload)), 400, "malformed"
+    )
+
+
+async def test_post_as_get_payload_on_new_order_is_malformed(make_client: ClientFactory) -> None:
+    client = await make_client()
+    with pytest.raises(AcmeProblem) as info:
+        await client.post_as_get((await client.directory())["newOrder"])
+    assert info.value.type == ERR + "malformed"
+
+
+async def test_non_object_payload_on_order_is_malformed(
+    http: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    client = await make_client()
+    order_url = (await client.new_order(["pag.example.test"])).location or ""
+    header = {"kid": client.kid, "nonce": await fresh_nonce(http), "url": order_url}
+    resp = await post_raw(http, order_url.removeprefix(BASE), raw_jws(client.key, header, b"[]"))
+    _problem(resp, 400, "malformed")
