@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real ACME clients that tests/interop drives: lego (Debian package) and certbot
-# (latest from PyPI, in its own venv so its pins never touch the project's .venv).
+# (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
+# (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
 set -euo pipefail
 
@@ -33,6 +34,12 @@ if ! command -v lego >/dev/null 2>&1; then
     apt_install lego
 fi
 
+# nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
+# instance by PID; the package's default service (port 80, if systemd starts it) is unused.
+if [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx
+fi
+
 if [ ! -x "$CERTBOT_VENV/bin/certbot" ]; then
     rm -rf "$CERTBOT_VENV"
     if ! "$PYTHON" -m venv "$CERTBOT_VENV"; then
@@ -46,3 +53,4 @@ fi
 
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
+echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"

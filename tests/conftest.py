@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,7 @@ from acme_ca.config import Settings
 from acme_ca.service import AcmeService, build_service
 from acme_ca.testing import ChallengeTestServer
 from tests.acme_helpers import ClientFactory
+from tests.pg_support import PostgresServer, find_server, temporary_database
 
 BASE_URL = "https://acme.test:14000"
 DIRECTORY = f"{BASE_URL}/directory"
@@ -54,9 +55,48 @@ async def challtestsrv() -> AsyncIterator[ChallengeTestServer]:
         await server.stop()
 
 
-@pytest.fixture
-def database_url(data_dir: Path) -> str:
+def pytest_report_header() -> str:
+    server = find_server()
+    if server.unavailable:
+        return (
+            f"postgresql: NOT reachable at {server.where} ({server.unavailable}): "
+            "tests marked `postgres` are skipped, SQLite only"
+        )
+    return f"postgresql: {server.where}: every service test runs on SQLite and PostgreSQL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    server = find_server()
+    if server.unavailable:
+        pytest.skip(f"PostgreSQL not reachable at {server.where}: {server.unavailable}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """One fresh database per session; tests share it (each makes its own accounts)."""
+    with temporary_database(postgres_server) as name:
+        yield postgres_server.url_for(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, data_dir: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_database"))
     return f"sqlite+aiosqlite:///{data_dir / 'acme-ca.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the test's own (no schema): for tests that count rows or
+    rate-limit counters. On PostgreSQL it costs a CREATE/DROP DATABASE (~50 ms)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with temporary_database(server) as name:
+        yield server.url_for(name)
 
 
 @pytest.fixture

@@ -9,11 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from acme_ca.ca import ensure_ca, import_ca
+from acme_ca.ca.ocsp import ensure_ocsp_signer
 from acme_ca.clock import SystemClock
-from acme_ca.config import ConfigError, Settings, load_settings
+from acme_ca.config import ConfigError, Settings, load_settings, parse_hostport
+
+if TYPE_CHECKING:
+    from acme_ca.status import StatusListener
 
 __all__ = ["main"]
 
@@ -44,7 +48,47 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--external-url", dest="external_url", help="base URL seen by clients")
     parser.add_argument("--workers", type=int, help="processes sharing the listener (1)")
     parser.add_argument("--eab-required", dest="eab_required", action="store_const", const=True)
+    parser.add_argument(
+        "--rate-limits", dest="rate_limits", help="rate-limit preset: default|letsencrypt|off"
+    )
+    parser.add_argument(
+        "--allow-new-authz",
+        dest="new_authz",
+        action="store_const",
+        const=True,
+        help="offer pre-authorization (newAuthz, RFC 8555 §7.4.1)",
+    )
     parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument(
+        "--revocation-listen",
+        dest="revocation_listen",
+        help="HOST:PORT of the plain-HTTP CRL and OCSP listener (127.0.0.1:14080)",
+    )
+    parser.add_argument(
+        "--revocation-url",
+        dest="revocation_url",
+        help="base URL of that listener as relying parties see it (behind a proxy)",
+    )
+    parser.add_argument(
+        "--no-ocsp",
+        dest="ocsp",
+        action="store_const",
+        const=False,
+        help="no OCSP responder, no OCSP URL in certificates (CRLs only)",
+    )
+    parser.add_argument("--crl-shards", dest="crl_shards", type=int, help="CRL shards (4)")
+    parser.add_argument(
+        "--ari-retry-after",
+        dest="ari_retry_after",
+        type=int,
+        help="seconds between a client's renewalInfo checks (21600)",
+    )
+    parser.add_argument(
+        "--job-lease-seconds",
+        dest="job_lease_seconds",
+        type=int,
+        help="seconds before a crashed process's validation/issuance job is taken up (60)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -62,7 +106,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         "external_url",
         "workers",
         "eab_required",
+        "rate_limits",
+        "new_authz",
         "log_level",
+        "job_lease_seconds",
+        "revocation_listen",
+        "revocation_url",
+        "ocsp",
+        "crl_shards",
+        "ari_retry_after",
     ]
     overrides = {k: getattr(args, k, None) for k in keys}
     return load_settings(config_file=args.config, overrides=overrides)
@@ -109,6 +161,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"created CA in {settings.data_dir}")
     else:
         print(f"CA already exists in {settings.data_dir}")
+    if settings.ocsp and ensure_ocsp_signer(settings.data_dir, clock=SystemClock()):
+        print(f"created the OCSP signing certificate in {settings.data_dir}")
     asyncio.run(_migrate(settings.database_url))
     print(f"root certificate: {(settings.data_dir / 'root.pem').resolve()}")
     return 0
@@ -136,7 +190,13 @@ def app_factory() -> Any:
     """Uvicorn factory for worker processes; settings come resolved from the parent."""
     from acme_ca.service import AcmeAsgiApp
 
-    return AcmeAsgiApp(Settings.from_json(os.environ[_RESOLVED_ENV]))
+    settings = Settings.from_json(os.environ[_RESOLVED_ENV])
+    # `--workers N` spawns fresh interpreters: configure their logging as the parent's
+    # (a no-op in a single process, where cmd_serve already did).
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(message)s"
+    )
+    return AcmeAsgiApp(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -159,6 +219,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.tls_key or data_dir / "tls-key.pem"
     print(f"acme-ca directory: {settings.base_url}/directory", flush=True)
     print(f"root certificate to trust: {(data_dir / 'root.pem').resolve()}", flush=True)
+    try:
+        status_listener = _start_status_listener(settings)
+    except Exception as exc:  # port in use, unreadable CA files, database: say which
+        where = settings.revocation_listen
+        print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
+        return 1
     uvicorn.run(
         "acme_ca.cli:app_factory",
         factory=True,
@@ -175,7 +241,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws="none",
         timeout_graceful_shutdown=5,
     )
+    status_listener.stop()
     return 0
+
+
+def _start_status_listener(settings: Settings) -> StatusListener:
+    """The CRL/OCSP listener: one per `serve`, in this (parent) process, whatever the
+    number of workers (acme_ca.status.server explains why)."""
+    from acme_ca.status import CrlSettings, StatusListener, StatusSettings, bind_listener
+
+    if settings.ocsp:
+        ensure_ocsp_signer(settings.data_dir, clock=SystemClock())
+    host, port = parse_hostport(settings.revocation_listen, what="revocation_listen")
+    listener = StatusListener(
+        StatusSettings(
+            data_dir=settings.data_dir,
+            database_url=settings.database_url,
+            base_url=settings.revocation_base_url,
+            ocsp=settings.ocsp,
+            crl=CrlSettings(shards=settings.crl_shards),
+            log_level=settings.log_level,
+        ),
+        bind_listener(host, port),
+    )
+    listener.start()
+    what = "CRLs and OCSP" if settings.ocsp else "CRLs"
+    print(f"{what}: {settings.revocation_base_url}", flush=True)
+    return listener
 
 
 def _as_dict(settings: Settings) -> dict[str, Any]:
@@ -213,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = db_sub.add_parser("upgrade", help="apply Alembic migrations")
     _add_common(up)
     up.set_defaults(func=cmd_db)
+    from acme_ca.admin import register_admin_commands
+
+    admin = sub.add_parser("admin", help="operator commands (EAB keys, early renewal)")
+    register_admin_commands(admin, add_common=_add_common, load=_settings)
     sub.add_parser("challtestsrv", help="challenge test server (DNS + HTTP API)")
     sub.add_parser("bench", help="benchmark full issuance flows against a directory URL")
     args = parser.parse_args(argv)

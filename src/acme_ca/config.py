@@ -55,13 +55,42 @@ class Settings:
     key_type: str = "p256"
     log_level: str = "info"
     eab_required: bool = False
+    eab_bind_many: bool = False
+    """Let one EAB key bind more than one account (default: each key binds one)."""
+    caa_recheck_hours: int = 8
+    """At finalize, CAA is checked again for authorizations validated longer ago."""
+    rate_limits: str = "default"
+    """Rate-limit preset: `default` (generous), `letsencrypt`, or `off` (docs/POLICY.md)."""
+    rate_limit_rules: dict[str, Any] = field(default_factory=dict)
+    """Per-limit values and per-account overrides on top of the preset (docs/POLICY.md)."""
+    profiles: dict[str, Any] = field(default_factory=dict)
+    """Certificate profiles added to or changing the shipped ones (docs/POLICY.md)."""
+    default_profile: str = "classic"
+    new_authz: bool = False
+    """Offer pre-authorization, newAuthz (RFC 8555 §7.4.1)."""
+    ip_identifiers: bool = True
+    """Issue for `ip` identifiers (RFC 8738)."""
+    ip_ranges: tuple[str, ...] = ()
+    """CIDR ranges `ip` identifiers must fall in; empty: any address."""
     terms_of_service: str | None = None
     website: str | None = None
     caa_identities: tuple[str, ...] = ()
     sqlite_synchronous: str = "FULL"
     db_pool_size: int = 10
     auto_migrate: bool = True
+    job_lease_seconds: int = 60
+    """How long a validation or issuance job may run before another process takes it up."""
     extra_tls_names: tuple[str, ...] = field(default_factory=tuple)
+    revocation_listen: str = "127.0.0.1:14080"
+    """HOST:PORT of the plain-HTTP listener for CRLs and OCSP (docs/REVOCATION.md)."""
+    revocation_url: str | None = None
+    """That listener's base URL as relying parties reach it; default http://revocation_listen."""
+    ocsp: bool = True
+    """Run the OCSP responder and name it in leaves (AIA)."""
+    crl_shards: int = 4
+    """CRL shards per issuer; keep it fixed for the CA's life (leaves name their shard)."""
+    ari_retry_after: int = 21600
+    """Seconds a client should wait before asking for renewalInfo again (RFC 9773 §4.3)."""
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, what="listen")
@@ -70,6 +99,17 @@ class Settings:
         for name in ("http_01_port", "tls_alpn_01_port"):
             if not 0 < getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be a port number")
+        if self.job_lease_seconds < 1:
+            raise ConfigError("job_lease_seconds must be at least 1")
+        if self.rate_limits not in ("default", "letsencrypt", "off"):
+            raise ConfigError("rate_limits must be one of default, letsencrypt, off")
+        for cidr in self.ip_ranges:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"ip_ranges: {cidr!r} is not a CIDR range") from None
+        if self.caa_recheck_hours < 0:
+            raise ConfigError("caa_recheck_hours must not be negative")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -78,6 +118,13 @@ class Settings:
             raise ConfigError("external_url must be an http(s) URL")
         if self.key_type not in ("p256", "p384", "rsa2048", "rsa3072", "rsa4096"):
             raise ConfigError(f"unknown key type {self.key_type!r}")
+        parse_hostport(self.revocation_listen, what="revocation_listen")
+        if self.revocation_url and urlsplit(self.revocation_url).scheme not in ("http", "https"):
+            raise ConfigError("revocation_url must be an http(s) URL")
+        if not 1 <= self.crl_shards <= 4096:
+            raise ConfigError("crl_shards must be between 1 and 4096")
+        if self.ari_retry_after < 0:
+            raise ConfigError("ari_retry_after must not be negative")
 
     @property
     def listen_host(self) -> str:
@@ -91,7 +138,7 @@ class Settings:
     def database_url(self) -> str:
         if self.database:
             return self.database
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'acme-ca.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'acme-ca.db').resolve()}"
 
     @property
     def base_url(self) -> str:
@@ -106,6 +153,21 @@ class Settings:
         except ValueError:
             pass
         return f"https://{host}:{self.listen_port}"
+
+    @property
+    def revocation_base_url(self) -> str:
+        """Where leaves send relying parties for CRLs and OCSP: plain HTTP by default."""
+        if self.revocation_url:
+            return self.revocation_url.rstrip("/")
+        host, port = parse_hostport(self.revocation_listen, what="revocation_listen")
+        if host in ("0.0.0.0", "::"):  # noqa: S104 -- a comparison, not a bind
+            host = "127.0.0.1"
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"http://{host}:{port}"
 
     @property
     def dns_resolver_address(self) -> tuple[str, int] | None:
@@ -147,6 +209,15 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
     if "Path" in kind:
         return Path(value)
+    if kind.startswith("dict"):
+        if isinstance(value, str):  # from the environment: a JSON object
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a JSON object") from None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a table")
+        return dict(value)
     if kind.startswith("tuple"):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -7,19 +7,23 @@ startup: one set per worker process.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from acme_ca.ca import CertificateAuthority
+from acme_ca.ca.profiles import profile_description, profiles_from_config
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Settings
 from acme_ca.nonces import NonceService
 from acme_ca.policy.identifiers import IdentifierPolicy
 from acme_ca.policy.keys import KeyPolicy
+from acme_ca.policy.ratelimits import rate_limits_from_config
 from acme_ca.protocol.urls import Urls
 from acme_ca.ra import RAContext, RASettings, RegistrationAuthority
+from acme_ca.status.urls import RevocationUrls
 from acme_ca.storage.engine import Engines, create_engines
 from acme_ca.storage.migrate import upgrade
 from acme_ca.storage.store import Storage
@@ -51,10 +55,27 @@ class AcmeService:
 
 
 def default_caa_identity(settings: Settings) -> str:
-    # RFC 8659 §4.2: an issuer domain name; derive one from the URL clients use.
+    # RFC 8659 §4.2: an issuer domain name; derive one from the URL clients use, unless
+    # that is an IP address or a single label, which no CAA record could name.
+    import ipaddress
     from urllib.parse import urlsplit
 
-    return urlsplit(settings.base_url).hostname or "acme-ca.internal"
+    host = (urlsplit(settings.base_url).hostname or "").rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if "." in host:
+            return host
+    return "acme-ca.internal"
+
+
+def _identifier_policy(settings: Settings) -> IdentifierPolicy:
+    import ipaddress
+
+    if not settings.ip_ranges:
+        return IdentifierPolicy(allow_ip=settings.ip_identifiers)
+    ranges = tuple(ipaddress.ip_network(r, strict=False) for r in settings.ip_ranges)
+    return IdentifierPolicy(allow_ip=settings.ip_identifiers, ip_ranges=ranges)
 
 
 async def build_service(
@@ -70,23 +91,45 @@ async def build_service(
         await upgrade(engines)
     storage = Storage(engines, clock)
     urls = Urls(settings.base_url)
-    ca = CertificateAuthority.load(settings.data_dir, clock=clock)
+    # Leaves name the status listener (docs/REVOCATION.md): their CRL shard, OCSP, issuer.
+    status_urls = RevocationUrls(settings.revocation_base_url)
+    ca = CertificateAuthority.load(
+        settings.data_dir,
+        clock=clock,
+        issuer_url=status_urls.issuer_template,
+        crl_url=status_urls.crl_template,
+        ocsp_url=status_urls.ocsp if settings.ocsp else None,
+        crl_shards=settings.crl_shards,
+    )
+    caa_identities = settings.caa_identities or (default_caa_identity(settings),)
     va = va or ValidationAuthority(
         VAConfig(
             http01_port=settings.http_01_port,
             tlsalpn01_port=settings.tls_alpn_01_port,
             allow_private_addresses=settings.allow_private_addresses,
             dns_resolver=settings.dns_resolver_address,
+            caa_identities=caa_identities,
         )
     )
-    ra_settings = RASettings(eab_required=settings.eab_required)
+    ra_settings = RASettings(
+        eab_required=settings.eab_required,
+        eab_bind_many=settings.eab_bind_many,
+        caa_recheck_after=dt.timedelta(hours=settings.caa_recheck_hours),
+        account_url_prefix=urls.account_prefix,
+        rate_limits=rate_limits_from_config(settings.rate_limits, settings.rate_limit_rules),
+        profiles=profiles_from_config(settings.profiles, settings.default_profile),
+        default_profile=settings.default_profile,
+        new_authz=settings.new_authz,
+        job_lease=dt.timedelta(seconds=settings.job_lease_seconds),
+        ari_retry_after=dt.timedelta(seconds=settings.ari_retry_after),
+    )
     ra = RegistrationAuthority(
         RAContext(
             storage=storage,
             va=va,
             ca=ca,
             clock=clock,
-            identifier_policy=IdentifierPolicy(),
+            identifier_policy=_identifier_policy(settings),
             key_policy=KeyPolicy(),
             settings=ra_settings,
         )
@@ -101,12 +144,10 @@ async def build_service(
         meta=DirectoryMeta(
             terms_of_service=settings.terms_of_service or urls.terms_of_service,
             website=settings.website,
-            caa_identities=settings.caa_identities or (default_caa_identity(settings),),
+            caa_identities=caa_identities,
             external_account_required=settings.eab_required,
-            profiles={
-                name: f"{p.validity.days}-day certificate"
-                for name, p in ra_settings.profiles.items()
-            },
+            profiles={name: profile_description(p) for name, p in ra_settings.profiles.items()},
+            new_authz=settings.new_authz,
         ),
         root_pems=ca.root_pems,
     )
@@ -141,7 +182,9 @@ class AcmeAsgiApp:
             if message["type"] == "lifespan.startup":
                 try:
                     self._service = await build_service(self._settings)
-                    self._service.ra.start()
+                    # Look for stale jobs at least twice per lease (DESIGN.md, State and scale).
+                    lease = self._settings.job_lease_seconds
+                    self._service.ra.start(maintenance_interval=min(5.0, lease / 2))
                     await self._service.ra.resume_stale_jobs()
                 except Exception as exc:
                     log.exception("startup failed")

@@ -201,6 +201,9 @@ def acme_server(
             "--tls-alpn-01-port",
             str(tlsalpn01),
             "--allow-private-addresses",
+            # Not the default port: test sessions running side by side must not collide.
+            "--revocation-listen",
+            f"{LOOPBACK}:{free_port()}",
         ],
         server.log,
     )

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from acme_ca.ca import crl
 from acme_ca.ca.bootstrap import (
     INTERMEDIATE_CERT,
     INTERMEDIATE_KEY,
@@ -53,6 +54,10 @@ class CertificateProfile:
     validity: dt.timedelta = dt.timedelta(days=90)
     client_auth: bool = True
     include_common_name: bool = True
+    revocation_pointers: bool = True
+    """Whether leaves carry the CRL distribution point and OCSP URL (short-lived: no)."""
+    max_names: int = 100
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,8 +86,13 @@ class CertificateAuthority:
         issuer_url: str | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
+        crl_shards: int = 1,
     ) -> None:
-        """`chains[i]`: the certificates after the leaf in chain i, up to (excluding) `roots[i]`."""
+        """`chains[i]`: the certificates after the leaf in chain i, up to (excluding) `roots[i]`.
+
+        `issuer_url` and `crl_url` may name the issuer as `{issuer}` (`acme_ca.ca.crl.issuer_id`);
+        a `crl_url` with `{shard}` gives each leaf its shard's URL (`shard_of(serial, crl_shards)`).
+        """
         if spki_sha256(issuer.public_key()) != spki_sha256(issuer_key.public_key()):
             raise ValueError("the issuer key does not match the issuer certificate")
         if not chains or len(chains) != len(roots):
@@ -94,7 +104,16 @@ class CertificateAuthority:
         self._aki = authority_key_identifier(issuer)
         self._chain_pems = tuple(_pem(chain) for chain in chains)
         self._root_pems = tuple(_pem([root]) for root in roots)
+        self._issuer_id = crl.issuer_id(issuer)
+        issuer_url = crl.fill_url(issuer_url, issuer=self._issuer_id) if issuer_url else None
+        crl_url = crl.fill_url(crl_url, issuer=self._issuer_id) if crl_url else None
+        self._crl_shards = crl_shards
+        self._sharded_crl_url = crl_url if crl_url and crl.SHARD_PLACEHOLDER in crl_url else None
+        if self._sharded_crl_url:
+            crl.shard_of(0, crl_shards)  # validates the shard count
+            crl_url = None
         self._static_extensions = _static_extensions(issuer_url, ocsp_url, crl_url)
+        self._no_revocation_extensions = _static_extensions(issuer_url, None, None)
 
     @classmethod
     def load(
@@ -105,6 +124,7 @@ class CertificateAuthority:
         issuer_url: str | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
+        crl_shards: int = 1,
     ) -> CertificateAuthority:
         """Load the intermediate, its key and chains; the X2 alternate is optional."""
         chain = x509.load_pem_x509_certificates((data_dir / INTERMEDIATE_CERT).read_bytes())
@@ -128,11 +148,17 @@ class CertificateAuthority:
             issuer_url=issuer_url,
             crl_url=crl_url,
             ocsp_url=ocsp_url,
+            crl_shards=crl_shards,
         )
 
     @property
     def issuer(self) -> x509.Certificate:
         return self._issuer
+
+    @property
+    def issuer_id(self) -> str:
+        """The issuer's name in CRL and caIssuers URLs (`acme_ca.ca.crl.issuer_id`)."""
+        return self._issuer_id
 
     @property
     def root_pem(self) -> str:
@@ -212,8 +238,17 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(self._aki, critical=False)
         )
-        for extension in self._static_extensions:
+        static = (
+            self._static_extensions
+            if profile.revocation_pointers
+            else self._no_revocation_extensions
+        )
+        for extension in static:
             builder = builder.add_extension(extension, critical=False)
+        if self._sharded_crl_url and profile.revocation_pointers:
+            shard = crl.shard_of(serial, self._crl_shards)
+            url = crl.fill_url(self._sharded_crl_url, issuer=self._issuer_id, shard=shard)
+            builder = builder.add_extension(_crl_distribution_points(url), critical=False)
         cert = builder.sign(self._key, self._hash)
         leaf_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         return IssuedCertificate(
@@ -271,14 +306,18 @@ def _static_extensions(
     if access:
         extensions.append(x509.AuthorityInformationAccess(access))
     if crl_url:
-        point = x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(crl_url)],
-            relative_name=None,
-            reasons=None,
-            crl_issuer=None,
-        )
-        extensions.append(x509.CRLDistributionPoints([point]))
+        extensions.append(_crl_distribution_points(crl_url))
     return extensions
+
+
+def _crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
+    point = x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=None,
+    )
+    return x509.CRLDistributionPoints([point])
 
 
 def _pem(certs: Sequence[x509.Certificate]) -> str:

@@ -98,6 +98,9 @@ def _check_ip(value: str, policy: IdentifierPolicy) -> tuple[str, str | None]:
         address = ipaddress.ip_address(value)
     except ValueError:
         return value, "Value is not a valid IPv4 or IPv6 address"
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # A zone index (`fe80::1%eth0`) names a local interface, not an address.
+        return value, "IPv6 address must not carry a zone index"
     if not any(address in net for net in policy.ip_ranges if net.version == address.version):
         return value, "IP address is outside the ranges this CA issues for"
     # RFC 8738 §3: IPv6 in RFC 5952 canonical text form.

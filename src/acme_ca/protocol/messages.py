@@ -38,6 +38,12 @@ MAX_IDENTIFIERS = 100
 _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$"
 )
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+# RFC 9773 §5: `replaces` is a certificate identifier, two base64url parts; the
+# bound keeps it within its column (String(255)) on every database.
+_REPLACES = re.compile(r"[A-Za-z0-9_-]{1,127}\.[A-Za-z0-9_-]{1,127}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,17 +154,22 @@ def parse_identifier(value: Any) -> Identifier:
 def parse_rfc3339(value: Any, *, name: str) -> dt.datetime:
     if not isinstance(value, str):
         raise malformed(f"Field {name!r} must be an RFC 3339 date-time string")
+    # RFC 3339 §5.6 `date-time` only: `fromisoformat` alone also takes ISO 8601
+    # week dates, basic format and naive times.
+    if not _RFC3339.fullmatch(value):
+        raise malformed(f"Field {name!r} is not an RFC 3339 date-time with a time zone")
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
+        # Near year 1 or 9999 the offset can carry the instant out of range.
+        return parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:
         raise malformed(f"Field {name!r} is not an RFC 3339 date-time") from exc
-    if parsed.tzinfo is None:
-        raise malformed(f"Field {name!r} must carry a time zone")
-    return parsed.astimezone(dt.UTC)
 
 
 def format_rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime("%Y"), which drops the zero padding of years below 1000.
+    utc = value.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None)
+    return utc.isoformat(timespec="seconds") + "Z"
 
 
 def parse_new_order(payload: dict[str, Any]) -> NewOrderRequest:
@@ -178,8 +189,14 @@ def parse_new_order(payload: dict[str, Any]) -> NewOrderRequest:
         not_before=parse_rfc3339(not_before, name="notBefore") if not_before is not None else None,
         not_after=parse_rfc3339(not_after, name="notAfter") if not_after is not None else None,
         profile=_opt(payload, "profile", str),
-        replaces=_opt(payload, "replaces", str),
+        replaces=_parse_replaces(_opt(payload, "replaces", str)),
     )
+
+
+def _parse_replaces(value: str | None) -> str | None:
+    if value is not None and not _REPLACES.fullmatch(value):
+        raise malformed("Field 'replaces' is not an ARI certificate identifier (RFC 9773 §4.1)")
+    return value
 
 
 def parse_finalize(payload: dict[str, Any]) -> FinalizeRequest:

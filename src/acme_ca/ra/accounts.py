@@ -10,8 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from acme_ca.errors import AcmeError, ProblemType, unauthorized
 from acme_ca.model import Account, AccountStatus
 from acme_ca.policy.keys import check_public_key, spki_sha256
+from acme_ca.protocol.eab import ExternalAccountBinding
 from acme_ca.protocol.messages import AccountUpdate, NewAccountRequest
 from acme_ca.ra.context import RAContext, new_id
+from acme_ca.ra.eab import EabBinder
+from acme_ca.ra.ratelimits import RateLimiter
+from acme_ca.storage.policy import PolicyStore
 
 __all__ = ["AccountService"]
 
@@ -19,6 +23,9 @@ __all__ = ["AccountService"]
 class AccountService:
     def __init__(self, ctx: RAContext) -> None:
         self._ctx = ctx
+        policy_store = PolicyStore(ctx.storage.engines, ctx.clock)
+        self._eab = EabBinder(policy_store, allow_many=ctx.settings.eab_bind_many)
+        self._limits = RateLimiter(policy_store, ctx.settings.rate_limits)
 
     async def check_account_key(self, key: PublicKeyTypes) -> None:
         """Goodkey rules plus the blocklist of compromised keys."""
@@ -36,12 +43,16 @@ class AccountService:
         thumbprint: str,
         public_key: PublicKeyTypes,
         request: NewAccountRequest,
-        eab_kid: str | None,
+        eab: ExternalAccountBinding | None = None,
+        client_ip: str | None = None,
     ) -> tuple[Account, bool]:
         """The account for this key and whether it was created now (RFC 8555 §7.3.1)."""
         storage = self._ctx.storage
         existing = await storage.get_account_by_thumbprint(thumbprint)
         if existing is not None:
+            if existing.status != AccountStatus.VALID:
+                # RFC 8555 §7.3.6: no further requests authorized by this key, not even a lookup.
+                raise unauthorized(f"The account for this key is {existing.status}")
             return existing, False
         if request.only_return_existing:
             raise AcmeError(
@@ -49,23 +60,36 @@ class AccountService:
                 detail="No account exists with the provided key",
             )
         await self.check_account_key(public_key)
-        if self._ctx.settings.eab_required and eab_kid is None:
+        if self._ctx.settings.eab_required and eab is None:
             raise AcmeError(
                 type=ProblemType.EXTERNAL_ACCOUNT_REQUIRED,
                 detail="This CA requires an external account binding for new accounts",
             )
+        now = self._ctx.clock.now()
+        await self._limits.check_new_account(client_ip, now)
+        if eab is not None:
+            await self._eab.check(eab)
+        account_id = new_id()
+        if eab is not None:
+            await self._eab.bind(eab.kid, account_id)
         account = Account(
-            id=new_id(),
+            id=account_id,
             status=AccountStatus.VALID,
             jwk=jwk,
             thumbprint=thumbprint,
             contact=request.contact or (),
             tos_agreed=request.terms_of_service_agreed,
-            created_at=self._ctx.clock.now(),
-            eab_kid=eab_kid,
+            created_at=now,
+            eab_kid=eab.kid if eab is not None else None,
         )
         stored = await storage.create_account(account)
-        return stored, stored.id == account.id
+        created = stored.id == account.id
+        if created:
+            await self._limits.record_new_account(client_ip, now)
+        elif eab is not None:
+            # The key registered concurrently through another request: unbind.
+            await self._eab.release(eab.kid, account.id)
+        return stored, created
 
     async def update_account(self, account: Account, update: AccountUpdate) -> Account:
         """RFC 8555 §7.3.2 and §7.3.6."""

@@ -16,8 +16,11 @@ from acme_ca.ra.accounts import AccountService
 from acme_ca.ra.context import RAContext
 from acme_ca.ra.issuance import IssuanceService
 from acme_ca.ra.orders import OrderService
+from acme_ca.ra.ratelimits import RateLimiter
+from acme_ca.ra.renewal import RenewalService
 from acme_ca.ra.revocation import RevocationService
 from acme_ca.ra.validation import ValidationService
+from acme_ca.storage.policy import PolicyStore
 
 __all__ = ["RegistrationAuthority"]
 
@@ -32,6 +35,10 @@ class RegistrationAuthority:
         self.validations = ValidationService(ctx)
         self.issuance = IssuanceService(ctx)
         self.revocation = RevocationService(ctx)
+        self.renewal = RenewalService.from_context(ctx)
+        self.limits = RateLimiter(
+            PolicyStore(ctx.storage.engines, ctx.clock), ctx.settings.rate_limits
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._validation_slots = asyncio.Semaphore(max_concurrent_validations)
         self._maintenance: asyncio.Task[None] | None = None
@@ -75,6 +82,7 @@ class RegistrationAuthority:
             try:
                 await self.resume_stale_jobs()
                 await self.ctx.storage.purge_used_nonces(self.ctx.clock.now())
+                await self.limits.purge(self.ctx.clock.now())
             except Exception:
                 log.exception("maintenance pass failed")
             await asyncio.sleep(interval)

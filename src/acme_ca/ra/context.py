@@ -11,6 +11,7 @@ from acme_ca.clock import Clock
 from acme_ca.model import RevocationReason
 from acme_ca.policy.identifiers import IdentifierPolicy
 from acme_ca.policy.keys import KeyPolicy
+from acme_ca.policy.ratelimits import DEFAULT_LIMITS, RateLimits
 from acme_ca.storage.store import Storage
 from acme_ca.va import ValidationAuthority
 
@@ -52,6 +53,17 @@ class RASettings:
         }
     )
     eab_required: bool = False
+    eab_bind_many: bool = False
+    """Whether one EAB key may bind more than one account (RFC 8555 §7.3.4)."""
+    caa_recheck_after: dt.timedelta = dt.timedelta(hours=8)
+    """At finalize, CAA is checked again for authorizations validated longer ago."""
+    account_url_prefix: str = ""
+    """An account's URL is this prefix plus its ID (CAA accounturi, RFC 8657 §3)."""
+    rate_limits: RateLimits = DEFAULT_LIMITS
+    new_authz: bool = False
+    """Pre-authorization (RFC 8555 §7.4.1)."""
+    ari_retry_after: dt.timedelta = dt.timedelta(hours=6)
+    """Retry-After of renewalInfo answers: how often clients poll (RFC 9773 §4.3)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

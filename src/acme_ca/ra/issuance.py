@@ -18,7 +18,10 @@ from acme_ca.errors import AcmeError, ProblemType, server_internal, unauthorized
 from acme_ca.model import Account, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
 from acme_ca.protocol.jws import import_public_jwk, public_key_of
+from acme_ca.ra.caa import CaaPolicy
 from acme_ca.ra.context import RAContext, new_id
+from acme_ca.ra.ratelimits import RateLimiter
+from acme_ca.storage.policy import PolicyStore
 
 __all__ = ["IssuanceService"]
 
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 class IssuanceService:
     def __init__(self, ctx: RAContext) -> None:
         self._ctx = ctx
+        self._caa = CaaPolicy(ctx)
+        self._limits = RateLimiter(
+            PolicyStore(ctx.storage.engines, ctx.clock), ctx.settings.rate_limits
+        )
 
     async def finalize(self, account: Account, order: Order, csr_der: bytes) -> Order:
         ctx = self._ctx
@@ -51,6 +58,8 @@ class IssuanceService:
                 type=ProblemType.BAD_CSR,
                 detail="CSR key is blocked: a certificate for it was revoked for keyCompromise",
             )
+        # RFC 8659 §3: CAA again for identifiers validated longer ago than the set age.
+        await self._caa.recheck_order(order, ctx.clock.now())
         serial = format(ctx.ca.new_serial(), "x")
         lease = ctx.clock.now() + ctx.settings.job_lease
         if not await ctx.storage.begin_finalize(
@@ -116,3 +125,9 @@ class IssuanceService:
         )
         if await ctx.storage.finish_issuance(order_id, certificate):
             log.info("issued serial %s for order %s", serial, order_id)
+            try:
+                await self._limits.record_issuance(
+                    order.account_id, order.identifiers, certificate.issued_at
+                )
+            except Exception:  # bookkeeping must not fail a certificate already issued
+                log.exception("rate-limit counters not updated for order %s", order_id)

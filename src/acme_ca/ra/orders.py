@@ -19,6 +19,9 @@ from acme_ca.model import (
 from acme_ca.policy.identifiers import normalize_identifiers
 from acme_ca.protocol.messages import NewOrderRequest
 from acme_ca.ra.context import RAContext, new_id, new_token
+from acme_ca.ra.ratelimits import RateLimiter
+from acme_ca.ra.renewal import RenewalService
+from acme_ca.storage.policy import PolicyStore
 
 __all__ = ["OrderService"]
 
@@ -36,6 +39,9 @@ def challenge_types_for(identifier: Identifier, *, wildcard: bool) -> tuple[Chal
 class OrderService:
     def __init__(self, ctx: RAContext) -> None:
         self._ctx = ctx
+        self._policy_store = PolicyStore(ctx.storage.engines, ctx.clock)
+        self._limits = RateLimiter(self._policy_store, ctx.settings.rate_limits)
+        self._renewal = RenewalService.from_context(ctx)
 
     def _check_validity_window(
         self, request: NewOrderRequest, now: dt.datetime, profile_name: str
@@ -78,6 +84,21 @@ class OrderService:
         identifiers = normalize_identifiers(request.identifiers, ctx.identifier_policy)
         profile = self._profile_name(request.profile)
         self._check_validity_window(request, now, profile)
+        # RFC 9773 §5: the certificate this order replaces, checked and recorded.
+        replaces = (
+            await self._renewal.check_replaces(account, request.replaces, identifiers)
+            if request.replaces is not None
+            else None
+        )
+        max_names = ctx.settings.profiles[profile].max_names
+        if len(identifiers) > max_names:
+            raise AcmeError(
+                type=ProblemType.REJECTED_IDENTIFIER,
+                detail=f"Profile {profile!r} allows at most {max_names} identifiers per order",
+            )
+        await self._limits.check_new_order(
+            account.id, identifiers, now, new_authzs=len(identifiers)
+        )
         authz_ids: list[str] = []
         new_authzs: list[Authorization] = []
         expiries: list[dt.datetime] = []
@@ -106,7 +127,7 @@ class OrderService:
             not_before=request.not_before,
             not_after=request.not_after,
             profile=profile if request.profile is not None else None,
-            replaces=request.replaces,
+            replaces=replaces,
             created_at=now,
         )
         await ctx.storage.create_order(order, new_authzs)
@@ -117,6 +138,32 @@ class OrderService:
             assert stored is not None
             return stored
         return order
+
+    async def new_authz(
+        self, account: Account, identifier: Identifier
+    ) -> tuple[Authorization, bool]:
+        """Pre-authorization (RFC 8555 §7.4.1): the authz, and whether it was created now.
+
+        A live pending or valid authorization for the identifier is returned instead
+        of a second one.
+        """
+        ctx = self._ctx
+        if not ctx.settings.new_authz:
+            raise malformed("Pre-authorization (newAuthz) is not enabled on this CA")
+        if identifier.type == IdentifierType.DNS and identifier.value.startswith("*."):
+            # RFC 8555 §7.4.1: wildcards cannot be pre-authorized.
+            raise malformed("Wildcard identifiers cannot be pre-authorized; use newOrder")
+        (normalized,) = normalize_identifiers((identifier,), ctx.identifier_policy)
+        now = ctx.clock.now()
+        reused = await ctx.storage.find_reusable_authz(
+            account.id, normalized, wildcard=False, valid_after=now + ctx.settings.reuse_margin
+        )
+        if reused is not None:
+            return reused, False
+        await self._limits.check_new_authz(account.id, normalized, now)
+        authz = self._new_authz(account, normalized, wildcard=False, now=now)
+        await self._policy_store.create_authz(authz)
+        return authz, True
 
     def _new_authz(
         self, account: Account, identifier: Identifier, *, wildcard: bool, now: dt.datetime

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem, malformed, unauthorized
 from acme_ca.model import Account, Authorization, AuthzStatus, Challenge, ChallengeStatus
 from acme_ca.protocol.keyauth import key_authorization
+from acme_ca.ra.caa import CaaPolicy
 from acme_ca.ra.context import RAContext
+from acme_ca.ra.ratelimits import RateLimiter
+from acme_ca.storage.policy import PolicyStore
 from acme_ca.va import ValidationRequest
 
 __all__ = ["ValidationService"]
@@ -18,6 +22,10 @@ log = logging.getLogger(__name__)
 class ValidationService:
     def __init__(self, ctx: RAContext) -> None:
         self._ctx = ctx
+        self._caa = CaaPolicy(ctx)
+        self._limits = RateLimiter(
+            PolicyStore(ctx.storage.engines, ctx.clock), ctx.settings.rate_limits
+        )
 
     async def respond(self, account: Account, authz: Authorization, challenge: Challenge) -> bool:
         """Mark the challenge processing; True if a validation job was queued now.
@@ -58,17 +66,24 @@ class ValidationService:
             error: AcmeError | None = malformed(f"Authorization became {authz.status}")
             records: tuple[dict[str, object], ...] = ()
         else:
-            result = await ctx.va.validate(
-                ValidationRequest(
-                    challenge_type=challenge.type,
-                    identifier=authz.identifier,
-                    token=challenge.token,
-                    key_authorization=key_authorization(challenge.token, account.thumbprint),
-                )
+            # RFC 8659 §3: CAA is checked when the identifier is validated; the lookups
+            # run alongside the challenge, as Boulder's do.
+            result, caa_error = await asyncio.gather(
+                ctx.va.validate(
+                    ValidationRequest(
+                        challenge_type=challenge.type,
+                        identifier=authz.identifier,
+                        token=challenge.token,
+                        key_authorization=key_authorization(challenge.token, account.thumbprint),
+                    )
+                ),
+                self._caa.check_authz(account.id, authz, challenge.type),
             )
-            error = _with_identifier(result.error, authz.identifier)
+            error = _with_identifier(result.error, authz.identifier) or caa_error
             records = result.records
             now = ctx.clock.now()
+            if error is not None:
+                await self._limits.record_failed_validation(account.id, authz.identifier, now)
         await ctx.storage.finish_validation(
             authz.id,
             challenge.id,

@@ -1,9 +1,11 @@
 """Database engines for SQLite (embedded default) and PostgreSQL (production).
 
-SQLite gets two engines: readers with deferred transactions, and one writer
-connection whose transactions start with `BEGIN IMMEDIATE`, so that a transaction
-that reads before it writes never fails to upgrade its lock (SQLITE_BUSY), and
-writes inside one process queue in the pool instead of spinning on the lock.
+SQLite gets two engines: readers with deferred transactions, run inline on the
+event loop, and one writer connection on its own thread whose transactions start
+with `BEGIN IMMEDIATE`, so that a transaction that reads before it writes never
+fails to upgrade its lock (SQLITE_BUSY), and writes inside one process queue
+instead of spinning on the lock. PostgreSQL gets one engine (psycopg) whose
+statements run on a pool of threads. See `executor` for why not asyncio drivers.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from acme_ca.storage.executor import AsyncishEngine
 
 __all__ = ["Engines", "create_engines", "is_sqlite", "normalize_url", "sqlite_url"]
 
 
 @dataclass(frozen=True, slots=True)
 class Engines:
-    reader: AsyncEngine
-    writer: AsyncEngine
+    reader: AsyncishEngine
+    writer: AsyncishEngine
     dialect: str
 
     async def dispose(self) -> None:
@@ -33,16 +36,20 @@ class Engines:
 
 
 def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
+    return f"sqlite:///{path}"
 
 
 def normalize_url(url: str) -> str:
-    """Accept plain `sqlite:///` and `postgresql://` URLs and pick the async drivers."""
+    """Accept any SQLite or PostgreSQL URL spelling and pick the drivers used here.
+
+    `sqlite+aiosqlite://` and `postgresql+asyncpg://` are accepted for convenience
+    and mapped to the synchronous drivers (pysqlite, psycopg 3).
+    """
     parsed = make_url(url)
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
-    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if parsed.get_backend_name() == "sqlite":
+        parsed = parsed.set(drivername="sqlite+pysqlite")
+    elif parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 
 
@@ -50,8 +57,8 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: str) -> AsyncEngine:
-    engine = create_async_engine(
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: str) -> Engine:
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
@@ -59,7 +66,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
         connect_args={"timeout": 30, "check_same_thread": False},
     )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let us emit BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
         dbapi_connection.isolation_level = None
@@ -70,7 +77,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -84,8 +91,14 @@ def create_engines(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "
             raise ValueError(f"bad sqlite synchronous mode {sqlite_synchronous!r}")
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sqlite_synchronous)
         writer = _sqlite_engine(url, immediate=True, pool_size=1, synchronous=sqlite_synchronous)
-        return Engines(reader=reader, writer=writer, dialect="sqlite")
-    engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        return Engines(
+            reader=AsyncishEngine(reader, threads=0, connections=4),
+            writer=AsyncishEngine(writer, threads=1, connections=1),
+            dialect="sqlite",
+        )
+    engine = AsyncishEngine(
+        create_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True),
+        threads=pool_size,
+        connections=pool_size,
     )
     return Engines(reader=engine, writer=engine, dialect=make_url(url).get_backend_name())

@@ -138,3 +138,47 @@ settings = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# ---- issuance policy (migration 0003_issuance_policy) ------------------------
+
+# RFC 8555 §7.3.4: keys for External Account Binding, created by the operator.
+eab_keys = Table(
+    "eab_keys",
+    metadata,
+    Column("kid", String(128), primary_key=True),
+    Column("hmac_key", LargeBinary, nullable=False),
+    Column("label", String(255), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    # The first account bound with the key; `bind_count` counts them all.
+    Column("account_id", String(ID), nullable=True),
+    Column("bind_count", Integer, nullable=False),
+)
+
+# Rate-limit counters: one row per (limit, key, time bucket), so that a check sums a
+# handful of rows whatever the volume.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+# Pending authorizations per account (a rate limit) without scanning the account's history.
+ix_authzs_account_status = Index("ix_authzs_account_status", authzs.c.account_id, authzs.c.status)
+
+# ---- revocation status and renewal (migration 0002_revocation_status) --------
+
+# RFC 9773: certificates the operator asked to have renewed early (`admin renew-early`).
+renewal_marks = Table(
+    "renewal_marks",
+    metadata,
+    Column("serial", String(40), primary_key=True),
+    Column("marked_at", BigInteger, nullable=False),
+)
+
+# The CRL publisher reads the revoked certificates, and newOrder looks up `replaces`.
+ix_certificates_revoked_at = Index("ix_certificates_revoked_at", certificates.c.revoked_at)
+ix_orders_replaces = Index("ix_orders_replaces", orders.c.replaces)

@@ -12,9 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Protocol
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
@@ -31,6 +30,7 @@ from acme_ca.model import (
 )
 from acme_ca.storage import codec
 from acme_ca.storage.engine import Engines
+from acme_ca.storage.executor import AsyncishConnection as AsyncConnection
 from acme_ca.storage.schema import (
     accounts,
     authzs,
@@ -60,6 +60,17 @@ class StorageReader(Protocol):
     ) -> tuple[list[str], tuple[int, str] | None]: ...
 
 
+# The hottest statements, built once: building a Core statement costs more than
+# running it on SQLite (about 35 µs against 11 µs).
+_ACCOUNT_BY_ID = select(accounts).where(accounts.c.id == bindparam("id"))
+_ORDER_BY_ID = select(orders).where(orders.c.id == bindparam("id"))
+_AUTHZ_BY_ID = select(authzs).where(authzs.c.id == bindparam("id"))
+_CHALLENGES_OF_AUTHZ = (
+    select(challenges).where(challenges.c.authz_id == bindparam("id")).order_by(challenges.c.id)
+)
+_INSERT_USED_NONCE = insert(used_nonces)
+
+
 class Storage:
     """Read-write storage; the RA is its only writer."""
 
@@ -76,7 +87,7 @@ class Storage:
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self._engines.reader.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+            row = (await conn.execute(_ACCOUNT_BY_ID, {"id": account_id})).first()
         return codec.account_from_row(row) if row else None
 
     async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
@@ -88,7 +99,7 @@ class Storage:
 
     async def get_order(self, order_id: str) -> Order | None:
         async with self._engines.reader.connect() as conn:
-            row = (await conn.execute(select(orders).where(orders.c.id == order_id))).first()
+            row = (await conn.execute(_ORDER_BY_ID, {"id": order_id})).first()
         return codec.order_from_row(row, self._clock.now()) if row else None
 
     async def list_order_ids(
@@ -109,16 +120,10 @@ class Storage:
         return [r.id for r in page], cursor
 
     async def _load_authz(self, conn: AsyncConnection, authz_id: str) -> Authorization | None:
-        row = (await conn.execute(select(authzs).where(authzs.c.id == authz_id))).first()
+        row = (await conn.execute(_AUTHZ_BY_ID, {"id": authz_id})).first()
         if row is None:
             return None
-        chall_rows = (
-            await conn.execute(
-                select(challenges)
-                .where(challenges.c.authz_id == authz_id)
-                .order_by(challenges.c.id)
-            )
-        ).all()
+        chall_rows = (await conn.execute(_CHALLENGES_OF_AUTHZ, {"id": authz_id})).all()
         return codec.authz_from_row(
             row, [codec.challenge_from_row(c) for c in chall_rows], self._clock.now()
         )
@@ -539,9 +544,10 @@ class Storage:
 
     async def get_order_serial(self, order_id: str) -> str | None:
         async with self._engines.reader.connect() as conn:
-            return (
+            serial: str | None = (
                 await conn.execute(select(orders.c.serial).where(orders.c.id == order_id))
             ).scalar_one_or_none()
+        return serial
 
     async def finish_issuance(self, order_id: str, certificate: Certificate) -> bool:
         """Store the certificate and make the order valid; False if another worker did."""
@@ -607,7 +613,7 @@ class Storage:
         try:
             async with self._engines.writer.begin() as conn:
                 await conn.execute(
-                    insert(used_nonces).values(value=value, expires=codec.to_us(expires))
+                    _INSERT_USED_NONCE, {"value": value, "expires": codec.to_us(expires)}
                 )
         except IntegrityError:
             return False
@@ -651,11 +657,12 @@ class Storage:
 
     async def challenge_authz_id(self, challenge_id: str) -> str | None:
         async with self._engines.reader.connect() as conn:
-            return (
+            authz_id: str | None = (
                 await conn.execute(
                     select(challenges.c.authz_id).where(challenges.c.id == challenge_id)
                 )
             ).scalar_one_or_none()
+        return authz_id
 
     # ---- settings --------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import logging
 import re
 from typing import Any
 
-from acme_ca.errors import AcmeError, ProblemType
+from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.model import ChallengeType, IdentifierType
+from acme_ca.va.caa import CaaChecker
 from acme_ca.va.dns01 import validate_dns01
 from acme_ca.va.http01 import validate_http01
 from acme_ca.va.resolver import DnsResolver, Resolver
@@ -63,10 +64,25 @@ class ValidationAuthority:
     def __init__(self, config: VAConfig, resolver: Resolver | None = None) -> None:
         self._config = config
         self._resolver: Resolver = resolver if resolver is not None else DnsResolver(config)
+        self._caa = CaaChecker(self._resolver, config.caa_identities)
 
     @property
     def config(self) -> VAConfig:
         return self._config
+
+    async def check_caa(
+        self, identifier: Identifier, *, account_uri: str, method: str, wildcard: bool
+    ) -> AcmeError | None:
+        """CAA for one identifier (RFC 8659, RFC 8657); None when issuance is permitted."""
+        try:
+            async with asyncio.timeout(self._config.total_timeout):
+                return await self._caa.check_caa(
+                    identifier, account_uri=account_uri, method=method, wildcard=wildcard
+                )
+        except TimeoutError:
+            return AcmeError(
+                type=ProblemType.CAA, detail=f"CAA lookup for {identifier.value} timed out"
+            )
 
     async def validate(self, request: ValidationRequest) -> ValidationResult:
         """Validate one challenge; `error is None` in the result means valid. Never raises."""

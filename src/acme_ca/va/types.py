@@ -70,3 +70,5 @@ class VAConfig:
     """Total size of the response headers of one http-01 hop."""
     max_dns_answers: int = 64
     """Records kept from one DNS answer; the rest are ignored."""
+    caa_identities: tuple[str, ...] = ("acme-ca.internal",)
+    """Issuer domain names of this CA in CAA `issue` records (RFC 8659 §4.2)."""

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
+from acme_ca.protocol.eab import ExternalAccountBinding, parse_eab
 from acme_ca.protocol.jws import (
     import_public_jwk,
     loads_strict,
@@ -53,6 +54,7 @@ async def directory(fe: FrontEnd, request: Request) -> Response:
         "newOrder": urls.new_order,
         "revokeCert": urls.revoke_cert,
         "keyChange": urls.key_change,
+        "renewalInfo": urls.renewal_info,  # RFC 9773 §3
         "meta": meta,
     }
     if fe.meta.new_authz:
@@ -73,14 +75,13 @@ async def terms(fe: FrontEnd, request: Request) -> Response:
     )
 
 
-def _eab_kid(binding: dict[str, Any] | None) -> str | None:
-    """The `kid` of an External Account Binding (RFC 8555 §7.3.4); MAC checks come later."""
+def _eab(
+    binding: dict[str, Any] | None, *, url: str, key_thumbprint: str
+) -> ExternalAccountBinding | None:
+    """The binding's shape checked here (RFC 8555 §7.3.4); the RA checks key and MAC."""
     if binding is None:
         return None
-    raise AcmeError(
-        type=ProblemType.MALFORMED,
-        detail="External account binding is not enabled on this CA",
-    )
+    return parse_eab(binding, url=url, account_key_thumbprint=key_thumbprint)
 
 
 async def new_account(fe: FrontEnd, request: Request) -> Response:
@@ -89,12 +90,18 @@ async def new_account(fe: FrontEnd, request: Request) -> Response:
     assert jwk is not None
     req = parse_new_account(verified.jws.payload_json())
     public_jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+    key_thumbprint = thumbprint(verified.key)
     account, created = await fe.ra.accounts.new_account(
         jwk=public_jwk,
-        thumbprint=thumbprint(verified.key),
+        thumbprint=key_thumbprint,
         public_key=public_key_of(verified.key),
         request=req,
-        eab_kid=_eab_kid(req.external_account_binding),
+        eab=_eab(
+            req.external_account_binding,
+            url=fe.gate.request_url(request),
+            key_thumbprint=key_thumbprint,
+        ),
+        client_ip=request.client.host if request.client else None,
     )
     location = fe.urls.account(account.id)
     # RFC 8555 §7.3.1: 201 for a new account, 200 with its URL for an existing one.
@@ -123,10 +130,21 @@ def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
     if not raw:
         return None
     try:
-        created, last_id = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        return int(created), str(last_id)
-    except (ValueError, TypeError):
+        value = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, RecursionError):
         raise malformed("Invalid orders cursor") from None
+    # The cursor comes back from the client: only the shape we issued, and an
+    # integer the database column (BIGINT microseconds) can hold.
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or type(value[0]) is not int
+        or not 0 <= value[0] < 2**63
+        or not isinstance(value[1], str)
+        or len(value[1]) > 64
+    ):
+        raise malformed("Invalid orders cursor")
+    return value[0], value[1]
 
 
 def _encode_cursor(cursor: tuple[int, str]) -> str:

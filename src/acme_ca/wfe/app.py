@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from acme_ca.errors import AcmeError, ProblemType, server_internal
-from acme_ca.wfe import accounts, orders
+from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
 from acme_ca.wfe.responses import problem_response
 
@@ -85,6 +85,7 @@ def create_app(fe: FrontEnd) -> Starlette:
         ("/acme/acct/{account_id}/orders", accounts.account_orders, post_only),
         ("/acme/key-change", accounts.key_change, post_only),
         ("/acme/new-order", orders.new_order, post_only),
+        ("/acme/new-authz", preauth.new_authz, post_only),
         ("/acme/order/{order_id}", orders.order, post_only),
         ("/acme/order/{order_id}/finalize", orders.finalize, post_only),
         ("/acme/authz/{authz_id}", orders.authz, post_only),
@@ -92,6 +93,7 @@ def create_app(fe: FrontEnd) -> Starlette:
         ("/acme/cert/{cert_id}", orders.certificate, post_only),
         ("/acme/cert/{cert_id}/{index:int}", orders.certificate, post_only),
         ("/acme/revoke-cert", orders.revoke_cert, post_only),
+        ("/acme/renewal-info/{cert_id}", renewal.renewal_info, ["GET"]),
     ]
     routes = [
         Route(path, _endpoint(fe, handler), methods=methods)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from acme_ca.errors import not_found
+from acme_ca.errors import malformed, not_found
 from acme_ca.model import Account, Authorization, Challenge, ChallengeStatus, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
-from acme_ca.protocol.jws import public_key_of
+from acme_ca.protocol.jws import ParsedJws, public_key_of
 from acme_ca.protocol.messages import (
     parse_authz_update,
     parse_finalize,
@@ -39,6 +39,12 @@ def _order_response(fe: FrontEnd, order_: Order, *, status: int = 200) -> Respon
     return json_response(render_order(order_, fe.urls), status=status, headers=headers)
 
 
+def _require_post_as_get(jws: ParsedJws, what: str) -> None:
+    if not jws.is_post_as_get:
+        # RFC 8555 §6.3: a POST-as-GET carries the empty string as payload, not `{}`.
+        raise malformed(f"{what} is fetched with POST-as-GET: the payload must be empty")
+
+
 async def new_order(fe: FrontEnd, request: Request) -> Response:
     verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
     req = parse_new_order(verified.jws.payload_json())
@@ -56,8 +62,8 @@ async def _own_order(fe: FrontEnd, account: Account, order_id: str) -> Order:
 
 async def order(fe: FrontEnd, request: Request) -> Response:
     verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
-    if not verified.jws.is_post_as_get:
-        verified.jws.payload_json()  # RFC 8555 §7.1.3: orders change only via finalize
+    # RFC 8555 §7.1.3: orders change only via finalize; this is POST-as-GET only.
+    _require_post_as_get(verified.jws, "An order")
     found = await _own_order(fe, verified.require_account(), request.path_params["order_id"])
     return _order_response(fe, found)
 
@@ -116,8 +122,7 @@ async def challenge(fe: FrontEnd, request: Request) -> Response:
 
 async def certificate(fe: FrontEnd, request: Request) -> Response:
     verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
-    if not verified.jws.is_post_as_get:
-        verified.jws.payload_json()
+    _require_post_as_get(verified.jws, "A certificate")
     account = verified.require_account()
     cert = await fe.storage.get_certificate(request.path_params["cert_id"])
     if cert is None or cert.account_id != account.id:

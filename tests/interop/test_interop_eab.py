@@ -1,0 +1,223 @@
+"""External Account Binding with unmodified clients: certbot `--eab-kid/--eab-hmac-key` and
+lego `--eab --kid --hmac`, against a server of its own started with `--eab-required`.
+
+Keys are made with `acme-ca admin eab create --json` on the running server's data directory,
+as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.conftest import (
+    ACME_CA,
+    LOOPBACK,
+    AcmeServer,
+    ChallTestSrv,
+    Client,
+    _client_env,
+    _start,
+    _stop,
+    _wait_until,
+    assert_chains_to_root,
+    dns_names,
+    free_port,
+    load_pems,
+)
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(scope="module")
+def eab_server(
+    tmp_path_factory: pytest.TempPathFactory, challtestsrv_process: ChallTestSrv
+) -> Iterator[AcmeServer]:
+    workdir = tmp_path_factory.mktemp("acme-ca-eab")
+    port, http01, tlsalpn01 = free_port(), free_port(), free_port()
+    server = AcmeServer(
+        directory_url=f"https://{LOOPBACK}:{port}/directory",
+        root_pem=workdir / "data" / "root.pem",
+        data_dir=workdir / "data",
+        log=workdir / "acme-ca.log",
+        http01_port=http01,
+        tlsalpn01_port=tlsalpn01,
+        challtestsrv=challtestsrv_process,
+    )
+    proc = _start(
+        [
+            str(ACME_CA),
+            "serve",
+            "--eab-required",
+            "--data-dir",
+            str(server.data_dir),
+            "--listen",
+            f"{LOOPBACK}:{port}",
+            "--dns-resolver",
+            f"{LOOPBACK}:{challtestsrv_process.dns_port}",
+            "--http-01-port",
+            str(http01),
+            "--tls-alpn-01-port",
+            str(tlsalpn01),
+            "--allow-private-addresses",
+        ],
+        server.log,
+    )
+    try:
+
+        def ready() -> bool:
+            import ssl
+            import urllib.request
+
+            if not server.root_pem.exists():
+                return False
+            context = ssl.create_default_context(cafile=str(server.root_pem))
+            with urllib.request.urlopen(server.directory_url, timeout=5, context=context) as r:
+                meta = json.load(r)["meta"]
+                return bool(meta["externalAccountRequired"])
+
+        _wait_until(ready, proc, "acme-ca serve --eab-required", server.log)
+        yield server
+    finally:
+        _stop(proc)
+
+
+def _eab_key(server: AcmeServer) -> tuple[str, str]:
+    done = subprocess.run(
+        [str(ACME_CA), "admin", "eab", "create", "--json", "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    created = json.loads(done.stdout)
+    return created["kid"], created["hmac_key"]
+
+
+@pytest.fixture
+def eab_certbot(certbot_bin: Path, eab_server: AcmeServer, tmp_path: Path) -> Client:
+    env = _client_env(eab_server)
+    env["REQUESTS_CA_BUNDLE"] = str(eab_server.root_pem)
+    root = tmp_path / "certbot"
+    return Client(
+        name="certbot",
+        binary=certbot_bin,
+        server=eab_server,
+        state_dir=root / "config",
+        env=env,
+        common_args=[
+            "--config-dir",
+            str(root / "config"),
+            "--work-dir",
+            str(root / "work"),
+            "--logs-dir",
+            str(root / "logs"),
+            "--non-interactive",
+            "--server",
+            eab_server.directory_url,
+        ],
+        subcommand_first=True,
+        extra_logs=[root / "logs" / "letsencrypt.log"],
+    )
+
+
+@pytest.fixture
+def eab_lego(lego_bin: Path, eab_server: AcmeServer, tmp_path: Path) -> Client:
+    env = _client_env(eab_server)
+    env["LEGO_CA_CERTIFICATES"] = str(eab_server.root_pem)
+    return Client(
+        name="lego",
+        binary=lego_bin,
+        server=eab_server,
+        state_dir=tmp_path / "lego",
+        env=env,
+        common_args=[
+            "--path",
+            str(tmp_path / "lego"),
+            "--server",
+            eab_server.directory_url,
+            "--email",
+            "lego@example.test",
+            "--accept-tos",
+        ],
+        subcommand_first=False,
+    )
+
+
+def _certbot_http01(server: AcmeServer, name: str) -> list[str]:
+    return [
+        "--standalone",
+        "--preferred-challenges",
+        "http-01",
+        "--http-01-address",
+        "127.0.0.1",
+        "--http-01-port",
+        str(server.http01_port),
+        "-d",
+        name,
+    ]
+
+
+def _assert_certbot_issued(certbot: Client, server: AcmeServer, name: str) -> None:
+    live = certbot.state_dir / "live" / name
+    (leaf,) = load_pems(live / "cert.pem")
+    assert dns_names(leaf) == {name}
+    assert_chains_to_root(leaf, load_pems(live / "chain.pem"), server.root_pem, name)
+
+
+def test_certbot_with_eab_registers_and_issues(eab_certbot: Client, eab_server: AcmeServer) -> None:
+    kid, hmac_key = _eab_key(eab_server)
+    eab = ["--eab-kid", kid, "--eab-hmac-key", hmac_key]
+    eab_certbot.ok("register", "--agree-tos", "--email", "eab@example.test", *eab)
+    eab_certbot.ok("certonly", *_certbot_http01(eab_server, "eab1.example.test"))
+    _assert_certbot_issued(eab_certbot, eab_server, "eab1.example.test")
+
+
+def test_certbot_without_eab_is_told_external_account_required(
+    eab_certbot: Client,
+) -> None:
+    result = eab_certbot.fails("register", "--agree-tos", "--email", "eab@example.test")
+    eab_certbot.expect_in_output(result, "externalAccountRequired", "external account")
+
+
+def test_certbot_with_a_wrong_hmac_key_is_unauthorized(
+    eab_certbot: Client, eab_server: AcmeServer
+) -> None:
+    kid, _ = _eab_key(eab_server)
+    wrong = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"
+    result = eab_certbot.fails(
+        "register", "--agree-tos", "--email", "e@example.test", "--eab-kid", kid,
+        "--eab-hmac-key", wrong,
+    )  # fmt: skip
+    eab_certbot.expect_in_output(result, "unauthorized", "MAC")
+
+
+def test_lego_with_eab_runs_and_a_used_key_is_refused(
+    eab_lego: Client, eab_server: AcmeServer, tmp_path: Path
+) -> None:
+    kid, hmac_key = _eab_key(eab_server)
+    http = ["--http", "--http.port", f"127.0.0.1:{eab_server.http01_port}"]
+    eab = ["--eab", "--kid", kid, "--hmac", hmac_key]
+    eab_lego.ok(*eab, *http, "-d", "eab2.example.test", "run")
+    leaf, *intermediates = load_pems(eab_lego.state_dir / "certificates" / "eab2.example.test.crt")
+    assert dns_names(leaf) == {"eab2.example.test"}
+    assert_chains_to_root(leaf, intermediates, eab_server.root_pem, "eab2.example.test")
+    # A second lego (a new account key) with the same, now bound, key is refused.
+    other = Client(
+        name="lego",
+        binary=eab_lego.binary,
+        server=eab_server,
+        state_dir=tmp_path / "lego2",
+        env=eab_lego.env,
+        common_args=[
+            "--path",
+            str(tmp_path / "lego2"),
+            *eab_lego.common_args[2:],
+        ],
+        subcommand_first=False,
+    )
+    result = other.fails(*eab, *http, "-d", "eab3.example.test", "run")
+    other.expect_in_output(result, "unauthorized", "already bound")

@@ -1,0 +1,300 @@
+"""The guarded transitions of `Storage`, raced between two "processes".
+
+Each process is a `Storage` with engines of its own on one database, so the two
+meet only in the database: SQLite's file lock, or PostgreSQL's row locks. Each
+race runs many times at once, so that a missing guard shows as a double win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import func, select
+
+from acme_ca.clock import FakeClock
+from acme_ca.errors import AcmeError, Identifier, ProblemType
+from acme_ca.model import (
+    Account,
+    AccountStatus,
+    Authorization,
+    AuthzStatus,
+    Challenge,
+    ChallengeStatus,
+    ChallengeType,
+    Order,
+    OrderStatus,
+)
+from acme_ca.storage.engine import Engines, create_engines
+from acme_ca.storage.migrate import upgrade
+from acme_ca.storage.schema import jobs
+from acme_ca.storage.store import Storage
+
+ROUNDS = 12
+SECOND = dt.timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: Storage
+    b: Storage
+    clock: FakeClock
+
+
+@pytest.fixture
+async def pair(empty_database_url: str) -> AsyncIterator[Pair]:
+    clock = FakeClock()
+    engines: list[Engines] = [create_engines(empty_database_url, pool_size=4) for _ in range(2)]
+    try:
+        await upgrade(engines[0])
+        yield Pair(Storage(engines[0], clock), Storage(engines[1], clock), clock)
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+def _id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+async def _account(store: Storage, now: dt.datetime) -> Account:
+    return await store.create_account(
+        Account(
+            id=_id(),
+            status=AccountStatus.VALID,
+            jwk={"kty": "OKP", "crv": "Ed25519", "x": _id()},
+            thumbprint=_id(),
+            created_at=now,
+        )
+    )
+
+
+async def _order(
+    store: Storage, account: Account, now: dt.datetime, *, names: int, status: OrderStatus
+) -> tuple[Order, list[Authorization]]:
+    """An order with one authz (and one http-01 challenge) per name."""
+    expires = now + dt.timedelta(days=7)
+    authz_status = AuthzStatus.VALID if status == OrderStatus.READY else AuthzStatus.PENDING
+    new_authzs = []
+    for n in range(names):
+        authz_id = _id()
+        new_authzs.append(
+            Authorization(
+                id=authz_id,
+                account_id=account.id,
+                identifier=Identifier(type="dns", value=f"n{n}.{authz_id.lower()}.test"),
+                status=authz_status,
+                expires=expires,
+                challenges=(
+                    Challenge(
+                        id=_id(),
+                        authz_id=authz_id,
+                        type=ChallengeType.HTTP_01,
+                        token=secrets.token_urlsafe(32),
+                        status=ChallengeStatus.PENDING,
+                    ),
+                ),
+                created_at=now,
+            )
+        )
+    order = Order(
+        id=_id(),
+        account_id=account.id,
+        status=status,
+        identifiers=tuple(a.identifier for a in new_authzs),
+        authz_ids=tuple(a.id for a in new_authzs),
+        expires=expires,
+        created_at=now,
+    )
+    await store.create_order(order, new_authzs)
+    return order, new_authzs
+
+
+async def _job_count(store: Storage) -> int:
+    async with store.engines.reader.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(jobs))).scalar_one())
+
+
+async def _finish(
+    store: Storage, authz: Authorization, now: dt.datetime, error: AcmeError | None = None
+) -> None:
+    await store.finish_validation(
+        authz.id,
+        authz.challenges[0].id,
+        error=error,
+        records=[{"hostname": authz.identifier.value}],
+        now=now,
+        valid_until=now + dt.timedelta(days=30),
+    )
+
+
+async def _processing(
+    pair: Pair, *, names: int, lease: dt.timedelta = dt.timedelta(minutes=1)
+) -> list[tuple[Order, list[Authorization]]]:
+    """ROUNDS pending orders whose challenges are all processing (validation jobs queued)."""
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    made = [
+        await _order(pair.a, account, now, names=names, status=OrderStatus.PENDING)
+        for _ in range(ROUNDS)
+    ]
+    for _, authzs in made:
+        for authz in authzs:
+            started = await pair.a.start_challenge(
+                authz.id, authz.challenges[0].id, lease_until=now + lease
+            )
+            assert started
+    return made
+
+
+async def test_concurrent_finalize_has_one_winner(pair: Pair) -> None:
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    orders = [
+        (await _order(pair.a, account, now, names=1, status=OrderStatus.READY))[0]
+        for _ in range(ROUNDS)
+    ]
+
+    async def race(order: Order) -> list[bool]:
+        return list(
+            await asyncio.gather(
+                *(
+                    store.begin_finalize(
+                        order.id, csr_der=b"csr", serial=secrets.token_hex(16), lease_until=now
+                    )
+                    for store in (pair.a, pair.b)
+                )
+            )
+        )
+
+    results = await asyncio.gather(*(race(o) for o in orders))
+    assert all(sorted(r) == [False, True] for r in results), results
+    assert await _job_count(pair.a) == ROUNDS  # one issuance job per order, not two
+    for order in orders:
+        stored = await pair.b.get_order(order.id)
+        assert stored is not None
+        assert stored.status == OrderStatus.PROCESSING
+
+
+async def test_finalize_of_an_order_not_ready_fails(pair: Pair) -> None:
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    order, _ = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
+    assert not await pair.b.begin_finalize(order.id, csr_der=b"c", serial="1", lease_until=now)
+    assert await _job_count(pair.a) == 0
+
+
+async def test_concurrent_validations_of_one_order_make_it_ready(pair: Pair) -> None:
+    made = await _processing(pair, names=2)
+    now = pair.clock.now()
+    await asyncio.gather(
+        *(
+            _finish(store, authz, now)
+            for _, authzs in made
+            for store, authz in zip((pair.a, pair.b), authzs, strict=True)
+        )
+    )
+    for order, _ in made:
+        stored = await pair.a.get_order(order.id)
+        assert stored is not None
+        assert stored.status == OrderStatus.READY
+    assert await _job_count(pair.a) == 0
+
+
+async def test_one_failed_validation_makes_the_order_invalid(pair: Pair) -> None:
+    made = await _processing(pair, names=2)
+    now = pair.clock.now()
+    error = AcmeError(type=ProblemType.UNAUTHORIZED, detail="wrong key authorization")
+    await asyncio.gather(
+        *(
+            coro
+            for _, authzs in made
+            for coro in (_finish(pair.a, authzs[0], now), _finish(pair.b, authzs[1], now, error))
+        )
+    )
+    for order, _ in made:
+        stored = await pair.a.get_order(order.id)
+        assert stored is not None
+        assert stored.status == OrderStatus.INVALID
+        assert stored.error is not None
+        assert stored.error.type == ProblemType.UNAUTHORIZED
+
+
+async def test_a_validation_result_is_recorded_once(pair: Pair) -> None:
+    """Two workers finishing one challenge (a resumed job): the first result stands."""
+    made = await _processing(pair, names=1)
+    now = pair.clock.now()
+    error = AcmeError(type=ProblemType.CONNECTION, detail="refused")
+    await asyncio.gather(
+        *(
+            coro
+            for _, (authz,) in made
+            for coro in (_finish(pair.a, authz, now), _finish(pair.b, authz, now, error))
+        )
+    )
+    for order, (authz,) in made:
+        stored_authz = await pair.a.get_authz(authz.id)
+        stored_order = await pair.a.get_order(order.id)
+        assert stored_authz is not None
+        assert stored_order is not None
+        challenge = stored_authz.challenges[0]
+        # Whichever won, challenge, authz and order agree.
+        if challenge.status == ChallengeStatus.VALID:
+            assert (stored_authz.status, stored_order.status) == (
+                AuthzStatus.VALID,
+                OrderStatus.READY,
+            )
+        else:
+            assert (stored_authz.status, stored_order.status) == (
+                AuthzStatus.INVALID,
+                OrderStatus.INVALID,
+            )
+
+
+async def _claim_all(store: Storage, now: dt.datetime) -> list[tuple[str, str]]:
+    return await store.claim_stale_jobs(now=now, lease_until=now + dt.timedelta(minutes=1))
+
+
+async def test_a_stale_job_goes_to_exactly_one_claimer(pair: Pair) -> None:
+    made = await _processing(pair, names=1, lease=SECOND)
+    pair.clock.advance(2 * SECOND)
+    now = pair.clock.now()
+    got_a, got_b = await asyncio.gather(_claim_all(pair.a, now), _claim_all(pair.b, now))
+    assert not set(got_a) & set(got_b)
+    targets = {authzs[0].challenges[0].id for _, authzs in made}
+    assert set(got_a) | set(got_b) == {("validate", t) for t in targets}
+    assert len(got_a) + len(got_b) == ROUNDS
+    # Re-leased: nobody may take them again until the new lease runs out.
+    assert await _claim_all(pair.a, now) == []
+    assert await _claim_all(pair.b, now + dt.timedelta(seconds=59)) == []
+    assert len(await _claim_all(pair.b, now + dt.timedelta(seconds=61))) == ROUNDS
+
+
+async def test_a_job_within_its_lease_is_not_claimed(pair: Pair) -> None:
+    await _processing(pair, names=1, lease=dt.timedelta(minutes=1))
+    assert await _claim_all(pair.b, pair.clock.now() + dt.timedelta(seconds=59)) == []
+
+
+async def test_a_nonce_is_redeemed_once_across_processes(pair: Pair) -> None:
+    expires = pair.clock.now() + dt.timedelta(hours=1)
+    values = [secrets.token_urlsafe(24) for _ in range(ROUNDS)]
+
+    async def race(value: str) -> Sequence[bool]:
+        return await asyncio.gather(*(s.redeem_nonce(value, expires) for s in (pair.a, pair.b)))
+
+    results = await asyncio.gather(*(race(v) for v in values))
+    assert all(sorted(r) == [False, True] for r in results), results
+    assert not await pair.a.redeem_nonce(values[0], expires)
+    assert not await pair.b.redeem_nonce(values[0], expires)
+
+
+async def test_used_nonces_are_purged_after_they_expire(pair: Pair) -> None:
+    now = pair.clock.now()
+    assert await pair.a.redeem_nonce("old", now - SECOND)
+    assert await pair.a.redeem_nonce("live", now + SECOND)
+    assert await pair.b.purge_used_nonces(now) == 1
+    assert not await pair.a.redeem_nonce("live", now + SECOND)
