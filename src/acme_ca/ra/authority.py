@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from acme_ca.ra.accounts import AccountService
 from acme_ca.ra.context import RAContext
@@ -45,17 +47,18 @@ class RegistrationAuthority:
 
     # ---- background work -------------------------------------------------------
 
-    def spawn_validation(self, challenge_id: str) -> None:
-        self._spawn(self._validate(challenge_id))
+    def spawn_validation(self, challenge_id: str) -> asyncio.Task[None]:
+        return self._spawn(self._validate(challenge_id))
 
     async def _validate(self, challenge_id: str) -> None:
         async with self._validation_slots:
             await self.validations.run(challenge_id)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -124,6 +124,14 @@ class AsyncishEngine:
                 raise
             await self.call(_commit_and_close, conn)
 
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(sync_connection, *args)` in one transaction, in one executor hop.
+
+        For short hot-path writes: `begin()` costs a hop per statement.
+        """
+        async with self._slots:
+            return await self.call(_in_transaction, self.sync_engine, fn, args)
+
     async def dispose(self) -> None:
         await self.call(self.sync_engine.dispose)
         if self._executor is not None:
@@ -138,6 +146,17 @@ def _open_transaction(engine: Engine) -> SyncConnection:
         conn.close()
         raise
     return conn
+
+
+def _in_transaction(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    conn = _open_transaction(engine)
+    try:
+        result = fn(conn, *args)
+    except BaseException:
+        _rollback_and_close(conn)
+        raise
+    _commit_and_close(conn)
+    return result
 
 
 def _commit_and_close(conn: SyncConnection) -> None:

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
 
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
@@ -69,6 +71,10 @@ _CHALLENGES_OF_AUTHZ = (
     select(challenges).where(challenges.c.authz_id == bindparam("id")).order_by(challenges.c.id)
 )
 _INSERT_USED_NONCE = insert(used_nonces)
+
+
+def _execute_sync(conn: SyncConnection, statement: Executable, params: dict[str, object]) -> None:
+    conn.execute(statement, params)
 
 
 class Storage:
@@ -611,10 +617,9 @@ class Storage:
     async def redeem_nonce(self, value: str, expires: dt.datetime) -> bool:
         """Record a nonce as used; False if it was used before (RFC 8555 §6.5)."""
         try:
-            async with self._engines.writer.begin() as conn:
-                await conn.execute(
-                    _INSERT_USED_NONCE, {"value": value, "expires": codec.to_us(expires)}
-                )
+            await self._engines.writer.transaction(
+                _execute_sync, _INSERT_USED_NONCE, {"value": value, "expires": codec.to_us(expires)}
+            )
         except IntegrityError:
             return False
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -113,7 +115,10 @@ async def challenge(fe: FrontEnd, request: Request) -> Response:
     # RFC 8555 §7.5.1: the response payload is an empty object; extra members are ignored.
     verified.jws.payload_json()
     if await fe.ra.validations.respond(account, found, chall):
-        fe.ra.spawn_validation(chall.id)
+        task = fe.ra.spawn_validation(chall.id)
+        # Most validations finish in milliseconds: answering with the result saves
+        # the client a poll. A slow one is still answered "processing" in time.
+        await asyncio.wait({task}, timeout=fe.challenge_wait_seconds)
     refreshed = await fe.storage.get_authz(found.id)
     assert refreshed is not None
     current = next(c for c in refreshed.challenges if c.id == chall.id)
