@@ -186,6 +186,16 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(message)s"
+    )
+    # One line per validation request and per migration plugin is noise, and costs
+    # CPU on the hot path; their warnings still show.
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def app_factory() -> Any:
     """Uvicorn factory for worker processes; settings come resolved from the parent."""
     from acme_ca.service import AcmeAsgiApp
@@ -193,9 +203,7 @@ def app_factory() -> Any:
     settings = Settings.from_json(os.environ[_RESOLVED_ENV])
     # `--workers N` spawns fresh interpreters: configure their logging as the parent's
     # (a no-op in a single process, where cmd_serve already did).
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(message)s"
-    )
+    _configure_logging(settings)
     return AcmeAsgiApp(settings)
 
 
@@ -203,9 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(process)d %(name)s %(message)s"
-    )
+    _configure_logging(settings)
     data_dir = settings.data_dir
     if _ensure_ca(settings):
         print(f"created CA in {data_dir}", flush=True)

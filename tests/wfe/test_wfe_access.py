@@ -305,11 +305,16 @@ async def test_head_and_other_methods_on_post_only_resources_are_405(
             assert resp.headers["allow"] == "POST"
             assert resp.headers["content-type"] == "application/problem+json"
             assert resp.headers["replay-nonce"]
-    # And the GET resources refuse POST.
-    for path in ("/directory", "/acme/new-nonce", "/terms", "/openapi.yaml"):
+    # The plain GET resources refuse POST.
+    for path in ("/terms", "/openapi.yaml"):
         resp = await http.post(path)
         assert resp.status_code == 405
         assert set(resp.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    # RFC 8555 §6.3: directory and newNonce take POST-as-GET, so an unsigned POST is
+    # refused by the JWS gate rather than by the router.
+    for path in ("/directory", "/acme/new-nonce"):
+        resp = await http.post(path)
+        assert resp.status_code == 415
 
 
 @pytest.mark.parametrize(

@@ -246,3 +246,20 @@ async def test_ip_identifier_order(
     _, leaf, _ = await issue(client, ["127.0.0.1"], challtestsrv)
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+async def test_directory_and_new_nonce_accept_post_as_get(make_client: ClientFactory) -> None:
+    # RFC 8555 §6.3: GET and POST-as-GET are both allowed on these two resources.
+    client = await make_client()
+    directory = await client.post_as_get(client.directory_url)
+    assert directory.body["newOrder"].endswith("/acme/new-order")
+    nonce = await client.post_as_get(directory.body["newNonce"])
+    assert nonce.status == 200
+    assert nonce.headers["replay-nonce"]
+
+
+async def test_directory_post_with_payload_is_malformed(make_client: ClientFactory) -> None:
+    client = await make_client()
+    with pytest.raises(AcmeProblem) as info:
+        await client.post(client.directory_url, {"a": 1})
+    assert info.value.type == ERR + "malformed"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
 from acme_ca.model import Account, Certificate, RevocationReason
 from acme_ca.ra.context import RAContext
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RevocationService"]
 
@@ -75,3 +79,4 @@ class RevocationService:
             raise AcmeError(type=ProblemType.ALREADY_REVOKED, detail="Certificate already revoked")
         if not await self._ctx.storage.revoke_certificate(cert.id, reason, self._ctx.clock.now()):
             raise AcmeError(type=ProblemType.ALREADY_REVOKED, detail="Certificate already revoked")
+        log.info("revoked serial %s (%s), reason %s", cert.serial, cert.account_id, reason.name)

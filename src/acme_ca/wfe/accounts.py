@@ -35,7 +35,16 @@ __all__ = [
 ]
 
 
+async def _post_as_get_allowed(fe: FrontEnd, request: Request) -> None:
+    """RFC 8555 §6.3: directory and newNonce take POST-as-GET as well as GET."""
+    if request.method == "POST":
+        verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+        if not verified.jws.is_post_as_get:
+            raise malformed("POST-as-GET requests carry an empty payload")
+
+
 async def directory(fe: FrontEnd, request: Request) -> Response:
+    await _post_as_get_allowed(fe, request)
     urls = fe.urls
     meta: dict[str, Any] = {
         "externalAccountRequired": fe.meta.external_account_required,
@@ -64,7 +73,8 @@ async def directory(fe: FrontEnd, request: Request) -> Response:
 
 async def new_nonce(fe: FrontEnd, request: Request) -> Response:
     # RFC 8555 §7.2: HEAD answers 200, GET answers 204; the nonce is added by the wrapper.
-    status = 200 if request.method == "HEAD" else 204
+    await _post_as_get_allowed(fe, request)
+    status = 204 if request.method == "GET" else 200
     return Response(status_code=status, headers={"Cache-Control": "no-store"})
 
 

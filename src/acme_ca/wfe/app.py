@@ -48,6 +48,14 @@ def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[R
         try:
             response = await handler(fe, request)
         except AcmeError as exc:
+            log.info(
+                "%s %s -> %d %s: %s",
+                request.method,
+                request.url.path,
+                exc.http_status,
+                exc.type.rsplit(":", 1)[-1],
+                exc.detail,
+            )
             response = problem_response(exc)
         except Exception:
             request_id = secrets.token_hex(8)
@@ -77,8 +85,8 @@ def _method_not_allowed(allowed: str) -> AcmeError:
 def create_app(fe: FrontEnd) -> Starlette:
     post_only = ["POST"]
     routes_spec: list[tuple[str, Handler, list[str]]] = [
-        ("/directory", accounts.directory, ["GET"]),
-        ("/acme/new-nonce", accounts.new_nonce, ["GET", "HEAD"]),
+        ("/directory", accounts.directory, ["GET", "POST"]),
+        ("/acme/new-nonce", accounts.new_nonce, ["GET", "HEAD", "POST"]),
         ("/terms", accounts.terms, ["GET"]),
         ("/acme/new-account", accounts.new_account, post_only),
         ("/acme/acct/{account_id}", accounts.account, post_only),
