@@ -275,7 +275,11 @@ async def test_content_type_parameters_and_case_are_accepted(
     # RFC 9110 §8.3.1: media types are case-insensitive and may carry parameters.
     key = generate_key("p256")
     url = f"{BASE}/acme/new-account"
-    body = raw_jws(key, {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": url}, b"{}")
+    body = raw_jws(
+        key,
+        {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": url},
+        b'{"termsOfServiceAgreed": true}',
+    )
     resp = await http.post(
         "/acme/new-account", content=json.dumps(body), headers={"Content-Type": content_type}
     )
@@ -373,9 +377,10 @@ async def test_forged_request_does_not_spend_the_nonce(http: httpx.AsyncClient) 
     key, forger = generate_key("p256"), generate_key("p256")
     url = f"{BASE}/acme/new-account"
     header = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": url}
-    forged = await post_raw(http, "/acme/new-account", raw_jws(forger, header, b"{}"))
+    tos = b'{"termsOfServiceAgreed": true}'
+    forged = await post_raw(http, "/acme/new-account", raw_jws(forger, header, tos))
     assert forged.json()["type"] == ERR + "malformed"
-    genuine = await post_raw(http, "/acme/new-account", raw_jws(key, header, b"{}"))
+    genuine = await post_raw(http, "/acme/new-account", raw_jws(key, header, tos))
     assert genuine.status_code == 201
 
 

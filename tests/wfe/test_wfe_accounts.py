@@ -219,3 +219,11 @@ async def test_new_account_rejects_weak_key(make_client: ClientFactory) -> None:
     with pytest.raises(AcmeProblem) as info:
         await client.new_account()
     assert info.value.type == ERR + "badPublicKey"
+
+
+async def test_new_account_requires_terms_of_service(make_client: ClientFactory) -> None:
+    client = await make_client(register=False)
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_account(tos=False)
+    assert info.value.type == ERR + "malformed"
+    assert "terms of service" in info.value.detail

@@ -59,6 +59,13 @@ class AccountService:
                 type=ProblemType.ACCOUNT_DOES_NOT_EXIST,
                 detail="No account exists with the provided key",
             )
+        if not request.terms_of_service_agreed:
+            # RFC 8555 §7.3: the directory names terms of service, so agreement is
+            # required (as Boulder and Pebble do).
+            raise AcmeError(
+                type=ProblemType.MALFORMED,
+                detail="You must agree to the terms of service (termsOfServiceAgreed: true)",
+            )
         await self.check_account_key(public_key)
         if self._ctx.settings.eab_required and eab is None:
             raise AcmeError(
