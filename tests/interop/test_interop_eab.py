@@ -64,6 +64,8 @@ def eab_server(
             "--tls-alpn-01-port",
             str(tlsalpn01),
             "--allow-private-addresses",
+            "--revocation-listen",
+            f"{LOOPBACK}:{free_port()}",
         ],
         server.log,
     )
