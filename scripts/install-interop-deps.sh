@@ -51,6 +51,21 @@ if [ ! -x "$CERTBOT_VENV/bin/certbot" ]; then
     "$CERTBOT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check certbot
 fi
 
+# The npm package acme-client (tests/interop/test_interop_node_acme_client.py), at the version
+# pinned in tests/interop/node/package.json and its lockfile.
+NODE_DIR="tests/interop/node"
+if ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if [ ! -d "$NODE_DIR/node_modules" ]; then
+    if [ -f "$NODE_DIR/package-lock.json" ]; then
+        npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error
+    else
+        npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error
+    fi
+fi
+
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
+echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"

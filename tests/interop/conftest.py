@@ -170,12 +170,11 @@ def challtestsrv_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def acme_server(
-    tmp_path_factory: pytest.TempPathFactory, challtestsrv_process: ChallTestSrv
+@contextlib.contextmanager
+def running_acme_server(
+    workdir: Path, challtestsrv: ChallTestSrv, *extra_args: str
 ) -> Iterator[AcmeServer]:
-    challtestsrv = challtestsrv_process
-    workdir = tmp_path_factory.mktemp("acme-ca")
+    """`acme-ca serve` on free loopback ports with a fresh data dir, until the block ends."""
     port, http01, tlsalpn01 = free_port(), free_port(), free_port()
     server = AcmeServer(
         directory_url=f"https://{LOOPBACK}:{port}/directory",
@@ -188,25 +187,19 @@ def acme_server(
     )
     proc = _start(
         [
-            str(ACME_CA),
-            "serve",
-            "--data-dir",
-            str(server.data_dir),
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--dns-resolver",
-            f"{LOOPBACK}:{challtestsrv.dns_port}",
-            "--http-01-port",
-            str(http01),
-            "--tls-alpn-01-port",
-            str(tlsalpn01),
+            str(ACME_CA), "serve",
+            "--data-dir", str(server.data_dir),
+            "--listen", f"{LOOPBACK}:{port}",
+            "--dns-resolver", f"{LOOPBACK}:{challtestsrv.dns_port}",
+            "--http-01-port", str(http01),
+            "--tls-alpn-01-port", str(tlsalpn01),
             "--allow-private-addresses",
             # Not the default port: test sessions running side by side must not collide.
-            "--revocation-listen",
-            f"{LOOPBACK}:{free_port()}",
+            "--revocation-listen", f"{LOOPBACK}:{free_port()}",
+            *extra_args,
         ],
         server.log,
-    )
+    )  # fmt: skip
     try:
 
         def ready() -> bool:
@@ -218,10 +211,18 @@ def acme_server(
             ) as response:
                 return response.status == 200 and "newAccount" in json.load(response)
 
-        _wait_until(ready, proc, "acme-ca serve", server.log)
+        _wait_until(ready, proc, f"acme-ca serve {' '.join(extra_args)}", server.log)
         yield server
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def acme_server(
+    tmp_path_factory: pytest.TempPathFactory, challtestsrv_process: ChallTestSrv
+) -> Iterator[AcmeServer]:
+    with running_acme_server(tmp_path_factory.mktemp("acme-ca"), challtestsrv_process) as server:
+        yield server
 
 
 # -- running the clients -------------------------------------------------------------------

@@ -6,11 +6,8 @@ until then), so that two `certbot renew` runs a few seconds apart both ask the s
 
 from __future__ import annotations
 
-import json
-import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +22,8 @@ from tests.interop.conftest import (
     AcmeServer,
     ChallTestSrv,
     Client,
-    _start,
-    _stop,
-    _wait_until,
-    free_port,
     load_pems,
+    running_acme_server,
 )
 
 pytestmark = pytest.mark.interop
@@ -43,45 +37,8 @@ def acme_server(
 ) -> Iterator[AcmeServer]:
     """This module's own server (overriding the session one for its `certbot` fixture)."""
     workdir = tmp_path_factory.mktemp("acme-ca-ari")
-    port, http01, tlsalpn01 = free_port(), free_port(), free_port()
-    server = AcmeServer(
-        directory_url=f"https://{LOOPBACK}:{port}/directory",
-        root_pem=workdir / "data" / "root.pem",
-        data_dir=workdir / "data",
-        log=workdir / "acme-ca.log",
-        http01_port=http01,
-        tlsalpn01_port=tlsalpn01,
-        challtestsrv=challtestsrv_process,
-    )
-    proc = _start(
-        [
-            str(ACME_CA), "serve",
-            "--data-dir", str(server.data_dir),
-            "--listen", f"{LOOPBACK}:{port}",
-            "--dns-resolver", f"{LOOPBACK}:{challtestsrv_process.dns_port}",
-            "--http-01-port", str(http01),
-            "--tls-alpn-01-port", str(tlsalpn01),
-            "--allow-private-addresses",
-            "--revocation-listen", f"{LOOPBACK}:{free_port()}",
-            "--ari-retry-after", "1",
-        ],
-        server.log,
-    )  # fmt: skip
-    try:
-
-        def ready() -> bool:
-            if not server.root_pem.exists():
-                return False
-            context = ssl.create_default_context(cafile=str(server.root_pem))
-            with urllib.request.urlopen(
-                server.directory_url, timeout=5, context=context
-            ) as response:
-                return response.status == 200 and "renewalInfo" in json.load(response)
-
-        _wait_until(ready, proc, "acme-ca serve", server.log)
+    with running_acme_server(workdir, challtestsrv_process, "--ari-retry-after", "1") as server:
         yield server
-    finally:
-        _stop(proc)
 
 
 def _serial(live: Path) -> int:

@@ -16,18 +16,14 @@ import pytest
 
 from tests.interop.conftest import (
     ACME_CA,
-    LOOPBACK,
     AcmeServer,
     ChallTestSrv,
     Client,
     _client_env,
-    _start,
-    _stop,
-    _wait_until,
     assert_chains_to_root,
     dns_names,
-    free_port,
     load_pems,
+    running_acme_server,
 )
 
 pytestmark = pytest.mark.interop
@@ -38,54 +34,8 @@ def eab_server(
     tmp_path_factory: pytest.TempPathFactory, challtestsrv_process: ChallTestSrv
 ) -> Iterator[AcmeServer]:
     workdir = tmp_path_factory.mktemp("acme-ca-eab")
-    port, http01, tlsalpn01 = free_port(), free_port(), free_port()
-    server = AcmeServer(
-        directory_url=f"https://{LOOPBACK}:{port}/directory",
-        root_pem=workdir / "data" / "root.pem",
-        data_dir=workdir / "data",
-        log=workdir / "acme-ca.log",
-        http01_port=http01,
-        tlsalpn01_port=tlsalpn01,
-        challtestsrv=challtestsrv_process,
-    )
-    proc = _start(
-        [
-            str(ACME_CA),
-            "serve",
-            "--eab-required",
-            "--data-dir",
-            str(server.data_dir),
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--dns-resolver",
-            f"{LOOPBACK}:{challtestsrv_process.dns_port}",
-            "--http-01-port",
-            str(http01),
-            "--tls-alpn-01-port",
-            str(tlsalpn01),
-            "--allow-private-addresses",
-            "--revocation-listen",
-            f"{LOOPBACK}:{free_port()}",
-        ],
-        server.log,
-    )
-    try:
-
-        def ready() -> bool:
-            import ssl
-            import urllib.request
-
-            if not server.root_pem.exists():
-                return False
-            context = ssl.create_default_context(cafile=str(server.root_pem))
-            with urllib.request.urlopen(server.directory_url, timeout=5, context=context) as r:
-                meta = json.load(r)["meta"]
-                return bool(meta["externalAccountRequired"])
-
-        _wait_until(ready, proc, "acme-ca serve --eab-required", server.log)
+    with running_acme_server(workdir, challtestsrv_process, "--eab-required") as server:
         yield server
-    finally:
-        _stop(proc)
 
 
 def _eab_key(server: AcmeServer) -> tuple[str, str]:
