@@ -124,6 +124,11 @@ class AsyncishEngine:
                 raise
             await self.call(_commit_and_close, conn)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(sync_connection, *args)` on a pooled connection, in one executor hop."""
+        async with self._slots:
+            return await self.call(_on_connection, self.sync_engine, fn, args)
+
     async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(sync_connection, *args)` in one transaction, in one executor hop.
 
@@ -146,6 +151,11 @@ def _open_transaction(engine: Engine) -> SyncConnection:
         conn.close()
         raise
     return conn
+
+
+def _on_connection(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.connect() as conn:
+        return fn(conn, *args)
 
 
 def _in_transaction(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -77,6 +77,19 @@ def _execute_sync(conn: SyncConnection, statement: Executable, params: dict[str,
     conn.execute(statement, params)
 
 
+def _first_row(
+    conn: SyncConnection, statement: Executable, params: dict[str, object]
+) -> Row[Any] | None:
+    return conn.execute(statement, params).first()
+
+
+def _authz_rows(conn: SyncConnection, authz_id: str) -> tuple[Row[Any], Sequence[Row[Any]]] | None:
+    row = conn.execute(_AUTHZ_BY_ID, {"id": authz_id}).first()
+    if row is None:
+        return None
+    return row, conn.execute(_CHALLENGES_OF_AUTHZ, {"id": authz_id}).all()
+
+
 class Storage:
     """Read-write storage; the RA is its only writer."""
 
@@ -92,8 +105,7 @@ class Storage:
     # ---- reads -------------------------------------------------------------
 
     async def get_account(self, account_id: str) -> Account | None:
-        async with self._engines.reader.connect() as conn:
-            row = (await conn.execute(_ACCOUNT_BY_ID, {"id": account_id})).first()
+        row = await self._engines.reader.read(_first_row, _ACCOUNT_BY_ID, {"id": account_id})
         return codec.account_from_row(row) if row else None
 
     async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
@@ -104,8 +116,7 @@ class Storage:
         return codec.account_from_row(row) if row else None
 
     async def get_order(self, order_id: str) -> Order | None:
-        async with self._engines.reader.connect() as conn:
-            row = (await conn.execute(_ORDER_BY_ID, {"id": order_id})).first()
+        row = await self._engines.reader.read(_first_row, _ORDER_BY_ID, {"id": order_id})
         return codec.order_from_row(row, self._clock.now()) if row else None
 
     async def list_order_ids(
@@ -135,8 +146,13 @@ class Storage:
         )
 
     async def get_authz(self, authz_id: str) -> Authorization | None:
-        async with self._engines.reader.connect() as conn:
-            return await self._load_authz(conn, authz_id)
+        found = await self._engines.reader.read(_authz_rows, authz_id)
+        if found is None:
+            return None
+        row, chall_rows = found
+        return codec.authz_from_row(
+            row, [codec.challenge_from_row(c) for c in chall_rows], self._clock.now()
+        )
 
     async def get_certificate(self, cert_id: str) -> Certificate | None:
         async with self._engines.reader.connect() as conn:
