@@ -8,7 +8,8 @@
 # usage: benchmarks/compare.sh [--only pebble|acme-ca] [--levels 1,2,4,8,32]
 #          [--count N] [--duration SECONDS] [--stall SECONDS] [--challenge http-01|dns-01]
 #          [--out DIR] [--keep] [-- extra bench options]
-# env:   PYTHON, ACME_CA, PEBBLE, PEBBLE_CHALLTESTSRV, ACME_CA_DIRECTORY, ports below.
+# env:   PYTHON, ACME_CA, PEBBLE, PEBBLE_CHALLTESTSRV, ACME_CA_DIRECTORY, ports below;
+#        ACME_CA_DATABASE (SQLAlchemy URL; default SQLite in the data dir), ACME_CA_WORKERS (2).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +23,9 @@ PEBBLE_PORT=${PEBBLE_PORT:-14000}
 PEBBLE_MGMT_PORT=${PEBBLE_MGMT_PORT:-15000}
 ACME_CA_PORT=${ACME_CA_PORT:-14000}
 ACME_CA_DIRECTORY=${ACME_CA_DIRECTORY:-https://$HOST:$ACME_CA_PORT/directory}
+ACME_CA_DATABASE=${ACME_CA_DATABASE:-}
+ACME_CA_WORKERS=${ACME_CA_WORKERS:-2}
+REVOCATION_PORT=${REVOCATION_PORT:-14080}
 DNS_PORT=${DNS_PORT:-8053}
 MGMT_PORT=${MGMT_PORT:-8055}
 HTTP01_PORT=${HTTP01_PORT:-5002}
@@ -97,12 +101,12 @@ port_free() {
 }
 busy=()
 for port in "$DNS_PORT" "$MGMT_PORT" "$HTTP01_PORT" "$PEBBLE_PORT" "$PEBBLE_MGMT_PORT" \
-    "$ACME_CA_PORT"; do
+    "$ACME_CA_PORT" "$REVOCATION_PORT"; do
     port_free "$port" || busy+=("$port")
 done
 if [[ ${#busy[@]} -gt 0 ]]; then
     echo "compare.sh: ports in use on $HOST: ${busy[*]}; set PEBBLE_PORT, PEBBLE_MGMT_PORT," \
-        "ACME_CA_PORT, DNS_PORT, MGMT_PORT, HTTP01_PORT" >&2
+        "ACME_CA_PORT, DNS_PORT, MGMT_PORT, HTTP01_PORT, REVOCATION_PORT" >&2
     exit 1
 fi
 
@@ -199,7 +203,9 @@ start_acme_ca() {
     fi
     "$ACME_CA" serve --data-dir "$WORK/acme-ca" --listen "$HOST:$ACME_CA_PORT" \
         --dns-resolver "$HOST:$DNS_PORT" --http-01-port "$HTTP01_PORT" \
-        --allow-private-addresses --workers 2 >>"$WORK/acme-ca.log" 2>&1 &
+        --allow-private-addresses --workers "$ACME_CA_WORKERS" \
+        --revocation-listen "$HOST:$REVOCATION_PORT" \
+        ${ACME_CA_DATABASE:+--database "$ACME_CA_DATABASE"} >>"$WORK/acme-ca.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_port "$ACME_CA_PORT" "$SERVER_PID"

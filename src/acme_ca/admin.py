@@ -114,3 +114,6 @@ def register_admin_commands(
     from acme_ca.admin_renewal import register_renew_early
 
     register_renew_early(groups, add_common=add_common, load=load)
+    from acme_ca.seed import register_seed
+
+    register_seed(groups, add_common=add_common, load=load)
