@@ -231,12 +231,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = settings.revocation_listen
         print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
         return 1
+    if settings.workers > 1:
+        from acme_ca.supervisor import WorkerSpec, run_workers
+
+        spec = WorkerSpec(
+            host=settings.listen_host,
+            port=settings.listen_port,
+            certfile=str(cert),
+            keyfile=str(key),
+            log_level=settings.log_level,
+        )
+        try:
+            run_workers(spec, settings.workers)
+        except OSError as exc:
+            print(f"acme-ca: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+            status_listener.stop()
+            return 1
+        status_listener.stop()
+        return 0
     uvicorn.run(
         "acme_ca.cli:app_factory",
         factory=True,
         host=settings.listen_host,
         port=settings.listen_port,
-        workers=settings.workers if settings.workers > 1 else None,
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
         log_level=settings.log_level,
