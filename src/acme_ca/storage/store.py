@@ -300,9 +300,9 @@ class Storage:
     # ---- orders and authorizations -------------------------------------------
 
     async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> None:
-        async with self._engines.writer.begin() as conn:
+        def run(conn: SyncConnection) -> Any:
             if new_authzs:
-                await conn.execute(
+                conn.execute(
                     insert(authzs),
                     [
                         {
@@ -332,8 +332,8 @@ class Storage:
                     for a in new_authzs
                     for c in a.challenges
                 ]
-                await conn.execute(insert(challenges), chall_rows)
-            await conn.execute(
+                conn.execute(insert(challenges), chall_rows)
+            conn.execute(
                 insert(orders).values(
                     id=order.id,
                     account_id=order.account_id,
@@ -350,19 +350,22 @@ class Storage:
                     created_at=codec.to_us(order.created_at),
                 )
             )
-            await conn.execute(
+            conn.execute(
                 insert(order_authzs),
                 [{"order_id": order.id, "authz_id": a} for a in order.authz_ids],
             )
+
+        await self._engines.writer.transaction(run)
 
     async def start_challenge(
         self, authz_id: str, challenge_id: str, *, lease_until: dt.datetime
     ) -> bool:
         """pending → processing and enqueue the validation job, atomically; False if not pending."""
         now = codec.to_us(self._clock.now())
-        async with self._engines.writer.begin() as conn:
+
+        def run(conn: SyncConnection) -> Any:
             authz_ok = (
-                await conn.execute(
+                conn.execute(
                     select(authzs.c.id).where(
                         authzs.c.id == authz_id,
                         authzs.c.status == AuthzStatus.PENDING,
@@ -374,7 +377,7 @@ class Storage:
                 return False
             # RFC 8555 §7.1.6: only one challenge of an authz is attempted at a time.
             busy = (
-                await conn.execute(
+                conn.execute(
                     select(challenges.c.id).where(
                         challenges.c.authz_id == authz_id,
                         challenges.c.status != ChallengeStatus.PENDING,
@@ -383,7 +386,7 @@ class Storage:
             ).first()
             if busy is not None:
                 return False
-            result = await conn.execute(
+            result = conn.execute(
                 update(challenges)
                 .where(
                     challenges.c.id == challenge_id,
@@ -394,7 +397,7 @@ class Storage:
             )
             if result.rowcount != 1:
                 return False
-            await conn.execute(
+            conn.execute(
                 insert(jobs).values(
                     kind="validate",
                     target_id=challenge_id,
@@ -402,7 +405,9 @@ class Storage:
                     attempts=1,
                 )
             )
-        return True
+            return True
+
+        return bool(await self._engines.writer.transaction(run))
 
     async def finish_validation(
         self,
@@ -416,8 +421,9 @@ class Storage:
     ) -> None:
         """Record a validation result and move the authz and its orders (RFC 8555 §7.1.6)."""
         valid = error is None
-        async with self._engines.writer.begin() as conn:
-            result = await conn.execute(
+
+        def run(conn: SyncConnection) -> Any:
+            result = conn.execute(
                 update(challenges)
                 .where(
                     challenges.c.id == challenge_id,
@@ -430,12 +436,12 @@ class Storage:
                     validation_record=codec.dumps(list(records)),
                 )
             )
-            await conn.execute(
+            conn.execute(
                 delete(jobs).where(jobs.c.kind == "validate", jobs.c.target_id == challenge_id)
             )
             if result.rowcount != 1:
                 return  # already finished by another worker
-            await conn.execute(
+            conn.execute(
                 update(authzs)
                 .where(authzs.c.id == authz_id, authzs.c.status == AuthzStatus.PENDING)
                 .values(
@@ -443,10 +449,12 @@ class Storage:
                     expires=codec.to_us(valid_until) if valid else authzs.c.expires,
                 )
             )
-            await self._settle_orders(conn, authz_id, error)
+            self._settle_orders_sync(conn, authz_id, error)
 
-    async def _settle_orders(
-        self, conn: AsyncConnection, authz_id: str, error: AcmeError | None
+        await self._engines.writer.transaction(run)
+
+    def _settle_orders_sync(
+        self, conn: SyncConnection, authz_id: str, error: AcmeError | None
     ) -> None:
         """Move pending orders that use `authz_id` to ready or invalid."""
         query = (
@@ -457,16 +465,16 @@ class Storage:
         if self._for_update:
             # Serialize with a concurrent validation of the order's other authz.
             query = query.with_for_update(of=orders)
-        for order_row in (await conn.execute(query)).all():
+        for order_row in (conn.execute(query)).all():
             if error is not None:
-                await conn.execute(
+                conn.execute(
                     update(orders)
                     .where(orders.c.id == order_row.id, orders.c.status == OrderStatus.PENDING)
                     .values(status=OrderStatus.INVALID, error=codec.error_to_json(error))
                 )
                 continue
-            if await self._all_valid(conn, json.loads(order_row.authz_ids)):
-                await conn.execute(
+            if self._all_valid_sync(conn, json.loads(order_row.authz_ids)):
+                conn.execute(
                     update(orders)
                     .where(orders.c.id == order_row.id, orders.c.status == OrderStatus.PENDING)
                     .values(status=OrderStatus.READY)
@@ -474,9 +482,10 @@ class Storage:
 
     async def settle_order(self, order_id: str) -> None:
         """Move a pending order whose authzs are all valid to ready (e.g. all reused)."""
-        async with self._engines.writer.begin() as conn:
+
+        def run(conn: SyncConnection) -> Any:
             row = (
-                await conn.execute(
+                conn.execute(
                     select(orders.c.authz_ids).where(
                         orders.c.id == order_id, orders.c.status == OrderStatus.PENDING
                     )
@@ -484,16 +493,18 @@ class Storage:
             ).first()
             if row is None:
                 return
-            if await self._all_valid(conn, json.loads(row.authz_ids)):
-                await conn.execute(
+            if self._all_valid_sync(conn, json.loads(row.authz_ids)):
+                conn.execute(
                     update(orders)
                     .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING)
                     .values(status=OrderStatus.READY)
                 )
 
-    async def _all_valid(self, conn: AsyncConnection, authz_ids: Sequence[str]) -> bool:
+        await self._engines.writer.transaction(run)
+
+    def _all_valid_sync(self, conn: SyncConnection, authz_ids: Sequence[str]) -> bool:
         not_valid = (
-            await conn.execute(
+            conn.execute(
                 select(func.count())
                 .select_from(authzs)
                 .where(
@@ -542,8 +553,9 @@ class Storage:
     ) -> bool:
         """ready → processing with the CSR and serial recorded and an issuance job queued."""
         now = codec.to_us(self._clock.now())
-        async with self._engines.writer.begin() as conn:
-            result = await conn.execute(
+
+        def run(conn: SyncConnection) -> Any:
+            result = conn.execute(
                 update(orders)
                 .where(
                     orders.c.id == order_id,
@@ -554,7 +566,7 @@ class Storage:
             )
             if result.rowcount != 1:
                 return False
-            await conn.execute(
+            conn.execute(
                 insert(jobs).values(
                     kind="issue",
                     target_id=order_id,
@@ -562,7 +574,9 @@ class Storage:
                     attempts=1,
                 )
             )
-        return True
+            return True
+
+        return bool(await self._engines.writer.transaction(run))
 
     async def get_order_serial(self, order_id: str) -> str | None:
         async with self._engines.reader.connect() as conn:
@@ -573,35 +587,36 @@ class Storage:
 
     async def finish_issuance(self, order_id: str, certificate: Certificate) -> bool:
         """Store the certificate and make the order valid; False if another worker did."""
+
+        def run(conn: SyncConnection) -> bool:
+            result = conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id, orders.c.status == OrderStatus.PROCESSING)
+                .values(status=OrderStatus.VALID, certificate_id=certificate.id)
+            )
+            if result.rowcount != 1:
+                return False
+            conn.execute(
+                insert(certificates).values(
+                    id=certificate.id,
+                    serial=certificate.serial,
+                    account_id=certificate.account_id,
+                    order_id=certificate.order_id,
+                    identifiers=codec.identifiers_to_json(certificate.identifiers),
+                    pem_chains=codec.dumps(list(certificate.pem_chains)),
+                    spki_sha256=certificate.spki_sha256,
+                    not_before=codec.to_us(certificate.not_before),
+                    not_after=codec.to_us(certificate.not_after),
+                    issued_at=codec.to_us(certificate.issued_at),
+                )
+            )
+            conn.execute(delete(jobs).where(jobs.c.kind == "issue", jobs.c.target_id == order_id))
+            return True
+
         try:
-            async with self._engines.writer.begin() as conn:
-                result = await conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order_id, orders.c.status == OrderStatus.PROCESSING)
-                    .values(status=OrderStatus.VALID, certificate_id=certificate.id)
-                )
-                if result.rowcount != 1:
-                    return False
-                await conn.execute(
-                    insert(certificates).values(
-                        id=certificate.id,
-                        serial=certificate.serial,
-                        account_id=certificate.account_id,
-                        order_id=certificate.order_id,
-                        identifiers=codec.identifiers_to_json(certificate.identifiers),
-                        pem_chains=codec.dumps(list(certificate.pem_chains)),
-                        spki_sha256=certificate.spki_sha256,
-                        not_before=codec.to_us(certificate.not_before),
-                        not_after=codec.to_us(certificate.not_after),
-                        issued_at=codec.to_us(certificate.issued_at),
-                    )
-                )
-                await conn.execute(
-                    delete(jobs).where(jobs.c.kind == "issue", jobs.c.target_id == order_id)
-                )
+            return await self._engines.writer.transaction(run)
         except IntegrityError:
             return False
-        return True
 
     async def fail_order(self, order_id: str, error: AcmeError) -> None:
         async with self._engines.writer.begin() as conn:
