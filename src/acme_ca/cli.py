@@ -208,8 +208,6 @@ def app_factory() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = _settings(args)
     _configure_logging(settings)
     data_dir = settings.data_dir
@@ -231,40 +229,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = settings.revocation_listen
         print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
         return 1
-    if settings.workers > 1:
-        from acme_ca.supervisor import WorkerSpec, run_workers
+    from acme_ca.supervisor import WorkerSpec, run_single, run_workers
 
-        spec = WorkerSpec(
-            host=settings.listen_host,
-            port=settings.listen_port,
-            certfile=str(cert),
-            keyfile=str(key),
-            log_level=settings.log_level,
-        )
-        try:
-            run_workers(spec, settings.workers)
-        except OSError as exc:
-            print(f"acme-ca: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
-            status_listener.stop()
-            return 1
-        status_listener.stop()
-        return 0
-    uvicorn.run(
-        "acme_ca.cli:app_factory",
-        factory=True,
+    spec = WorkerSpec(
         host=settings.listen_host,
         port=settings.listen_port,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
+        certfile=str(cert),
+        keyfile=str(key),
         log_level=settings.log_level,
-        access_log=False,
-        lifespan="on",
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        timeout_graceful_shutdown=5,
     )
-    status_listener.stop()
+    try:
+        if settings.workers > 1:
+            run_workers(spec, settings.workers)
+        else:
+            run_single(spec)
+    except OSError as exc:
+        print(f"acme-ca: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        status_listener.stop()
     return 0
 
 

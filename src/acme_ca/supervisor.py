@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-__all__ = ["WorkerSpec", "run_workers"]
+import uvicorn
+
+__all__ = ["WorkerSpec", "run_single", "run_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +48,11 @@ def _check_port_free(spec: WorkerSpec) -> None:
         probe.bind((spec.host, spec.port))
 
 
-def _worker_main(spec: WorkerSpec) -> None:
-    import uvicorn
-
-    sock = socket.socket(_family(spec.host), socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((spec.host, spec.port))
-    sock.listen(2048)
-    config = uvicorn.Config(
+def _config(spec: WorkerSpec) -> uvicorn.Config:
+    return uvicorn.Config(
         spec.app,
+        host=spec.host,
+        port=spec.port,
         factory=True,
         ssl_certfile=spec.certfile,
         ssl_keyfile=spec.keyfile,
@@ -67,7 +64,20 @@ def _worker_main(spec: WorkerSpec) -> None:
         ws="none",
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+
+
+def run_single(spec: WorkerSpec) -> None:
+    """One process: uvicorn binds the port itself (exclusively)."""
+    uvicorn.Server(_config(spec)).run()
+
+
+def _worker_main(spec: WorkerSpec) -> None:
+    sock = socket.socket(_family(spec.host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((spec.host, spec.port))
+    sock.listen(2048)
+    uvicorn.Server(_config(spec)).run(sockets=[sock])
 
 
 def run_workers(spec: WorkerSpec, workers: int) -> None:
