@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,10 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         if lock_fd is not None and not conn.info.get(_LOCKED):
-            # Writers of all processes queue on a file lock, which wakes the next one
-            # as soon as it is released, instead of SQLite's busy handler, which
-            # sleeps 1, 2, 5, 10 ... ms between retries while another process writes.
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            # Writers of all processes queue on a file lock, retried every 0.2-2 ms,
+            # instead of SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ...
+            # ms between retries while another process writes.
+            _lock_with_deadline(lock_fd, _LOCK_WAIT_SECONDS)
             conn.info[_LOCKED] = True
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -99,10 +101,33 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
             if record.info.pop(_LOCKED, False):
                 fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
+        @event.listens_for(engine, "engine_disposed")
+        def _on_dispose(_engine: Any) -> None:
+            # Closing the descriptor releases the lock even if a transaction was cut
+            # short (its connection never checked in), and frees the descriptor.
+            os.close(lock_fd)
+
     return engine
 
 
 _LOCKED = "acme_ca_writer_lock"
+# As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
+_LOCK_WAIT_SECONDS = 30.0
+
+
+def _lock_with_deadline(fd: int, seconds: float) -> None:
+    """Take the exclusive lock, waiting at most `seconds`: never hang forever."""
+    deadline = time.monotonic() + seconds
+    delay = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError("database is locked (writer lock)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
 
 
 def _writer_lock_fd(url: str) -> int | None:

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Executable
 
 from acme_ca.clock import Clock
 from acme_ca.model import Authorization, AuthzStatus
@@ -221,8 +223,8 @@ class PolicyStore:
         if not rows:
             return
         upsert = _UPSERT_PG if self._engines.dialect == "postgresql" else _UPSERT_SQLITE
-        async with self._engines.writer.begin() as conn:
-            await conn.execute(upsert, rows)
+        # One executor hop: this runs on every issuance and failed validation.
+        await self._engines.writer.transaction(_execute_rows, upsert, rows)
 
     async def counter_totals(
         self, queries: Sequence[tuple[str, str, int]]
@@ -322,3 +324,7 @@ class PolicyStore:
                     for c in authz.challenges
                 ],
             )
+
+
+def _execute_rows(conn: Connection, statement: Executable, rows: list[dict[str, object]]) -> None:
+    conn.execute(statement, rows)
