@@ -19,11 +19,11 @@ from acme_ca.bench.client import AcmeClient
 from acme_ca.bench.jws import generate_key
 from acme_ca.ca import create_ca
 from acme_ca.clock import SystemClock
-from acme_ca.config import Settings
-from acme_ca.service import AcmeService, build_service
+from acme_ca.service import AcmeService
 from acme_ca.testing import ChallengeTestServer
 from tests.acme_helpers import ClientFactory
 from tests.pg_support import PostgresServer, find_server, temporary_database
+from tests.policy_helpers import running_service
 
 BASE_URL = "https://acme.test:14000"
 DIRECTORY = f"{BASE_URL}/directory"
@@ -103,20 +103,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 async def service(
     data_dir: Path, challtestsrv: ChallengeTestServer, database_url: str
 ) -> AsyncIterator[AcmeService]:
-    settings = Settings(
-        data_dir=data_dir,
-        database=database_url,
-        external_url=BASE_URL,
-        dns_resolver=f"127.0.0.1:{challtestsrv.dns_port}",
-        http_01_port=challtestsrv.http01_port,
-        allow_private_addresses=True,
-    )
-    svc = await build_service(settings)
-    try:
+    async with running_service(data_dir, challtestsrv, database_url) as svc:
         yield svc
-    finally:
-        await svc.ra.drain()
-        await svc.close()
 
 
 @pytest.fixture

@@ -149,7 +149,6 @@ async def build_service(
             profiles={name: profile_description(p) for name, p in ra_settings.profiles.items()},
             new_authz=settings.new_authz,
         ),
-        root_pems=ca.root_pems,
     )
     return AcmeService(
         settings=settings,

@@ -336,19 +336,18 @@ def lego_bin() -> Path:
     return _require("lego", Path(on_path) if on_path else None)
 
 
-@pytest.fixture
-def certbot(certbot_bin: Path, acme_server: AcmeServer, tmp_path: Path) -> Client:
-    """certbot with its config, work and logs directories in this test's tmp dir.
+def certbot_client(binary: Path, server: AcmeServer, tmp_path: Path) -> Client:
+    """certbot against `server`, with its config, work and logs directories in `tmp_path`.
 
-    ``certbot.run("certonly", ...)`` puts the common flags after the subcommand.
+    ``.run("certonly", ...)`` puts the common flags after the subcommand.
     """
-    env = _client_env(acme_server)
-    env["REQUESTS_CA_BUNDLE"] = str(acme_server.root_pem)
+    env = _client_env(server)
+    env["REQUESTS_CA_BUNDLE"] = str(server.root_pem)
     root = tmp_path / "certbot"
     return Client(
         name="certbot",
-        binary=certbot_bin,
-        server=acme_server,
+        binary=binary,
+        server=server,
         state_dir=root / "config",
         env=env,
         common_args=[
@@ -360,36 +359,45 @@ def certbot(certbot_bin: Path, acme_server: AcmeServer, tmp_path: Path) -> Clien
             str(root / "logs"),
             "--non-interactive",
             "--server",
-            acme_server.directory_url,
+            server.directory_url,
         ],
         subcommand_first=True,
         extra_logs=[root / "logs" / "letsencrypt.log"],
     )
 
 
-@pytest.fixture
-def lego(lego_bin: Path, acme_server: AcmeServer, tmp_path: Path) -> Client:
-    """lego with ``--path`` in this test's tmp dir; ``lego.run(...)`` puts the global flags
-    first, so pass the flags and then the command: ``lego.run("--http", ..., "run")``."""
-    env = _client_env(acme_server)
-    env["LEGO_CA_CERTIFICATES"] = str(acme_server.root_pem)
+def lego_client(binary: Path, server: AcmeServer, tmp_path: Path) -> Client:
+    """lego against `server` with ``--path`` in `tmp_path`; ``.run(...)`` puts the global
+    flags first, so pass the flags and then the command: ``.run("--http", ..., "run")``."""
+    env = _client_env(server)
+    env["LEGO_CA_CERTIFICATES"] = str(server.root_pem)
     return Client(
         name="lego",
-        binary=lego_bin,
-        server=acme_server,
+        binary=binary,
+        server=server,
         state_dir=tmp_path / "lego",
         env=env,
         common_args=[
             "--path",
             str(tmp_path / "lego"),  # = state_dir
             "--server",
-            acme_server.directory_url,
+            server.directory_url,
             "--email",
             "lego@example.test",
             "--accept-tos",
         ],
         subcommand_first=False,
     )
+
+
+@pytest.fixture
+def certbot(certbot_bin: Path, acme_server: AcmeServer, tmp_path: Path) -> Client:
+    return certbot_client(certbot_bin, acme_server, tmp_path)
+
+
+@pytest.fixture
+def lego(lego_bin: Path, acme_server: AcmeServer, tmp_path: Path) -> Client:
+    return lego_client(lego_bin, acme_server, tmp_path)
 
 
 def hook_command(*args: str) -> str:

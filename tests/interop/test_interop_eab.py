@@ -19,9 +19,10 @@ from tests.interop.conftest import (
     AcmeServer,
     ChallTestSrv,
     Client,
-    _client_env,
     assert_chains_to_root,
+    certbot_client,
     dns_names,
+    lego_client,
     load_pems,
     running_acme_server,
 )
@@ -51,52 +52,12 @@ def _eab_key(server: AcmeServer) -> tuple[str, str]:
 
 @pytest.fixture
 def eab_certbot(certbot_bin: Path, eab_server: AcmeServer, tmp_path: Path) -> Client:
-    env = _client_env(eab_server)
-    env["REQUESTS_CA_BUNDLE"] = str(eab_server.root_pem)
-    root = tmp_path / "certbot"
-    return Client(
-        name="certbot",
-        binary=certbot_bin,
-        server=eab_server,
-        state_dir=root / "config",
-        env=env,
-        common_args=[
-            "--config-dir",
-            str(root / "config"),
-            "--work-dir",
-            str(root / "work"),
-            "--logs-dir",
-            str(root / "logs"),
-            "--non-interactive",
-            "--server",
-            eab_server.directory_url,
-        ],
-        subcommand_first=True,
-        extra_logs=[root / "logs" / "letsencrypt.log"],
-    )
+    return certbot_client(certbot_bin, eab_server, tmp_path)
 
 
 @pytest.fixture
 def eab_lego(lego_bin: Path, eab_server: AcmeServer, tmp_path: Path) -> Client:
-    env = _client_env(eab_server)
-    env["LEGO_CA_CERTIFICATES"] = str(eab_server.root_pem)
-    return Client(
-        name="lego",
-        binary=lego_bin,
-        server=eab_server,
-        state_dir=tmp_path / "lego",
-        env=env,
-        common_args=[
-            "--path",
-            str(tmp_path / "lego"),
-            "--server",
-            eab_server.directory_url,
-            "--email",
-            "lego@example.test",
-            "--accept-tos",
-        ],
-        subcommand_first=False,
-    )
+    return lego_client(lego_bin, eab_server, tmp_path)
 
 
 def _certbot_http01(server: AcmeServer, name: str) -> list[str]:

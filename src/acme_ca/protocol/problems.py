@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem
+from acme_ca.errors import AcmeError, ProblemType, SubProblem
 
-__all__ = ["CONTENT_TYPE", "problem_document", "problem_from_document", "subproblem_document"]
+__all__ = ["CONTENT_TYPE", "problem_document", "subproblem_document"]
 
 CONTENT_TYPE = "application/problem+json"
 
@@ -31,21 +31,3 @@ def problem_document(error: AcmeError, *, with_status: bool = True) -> dict[str,
         doc["subproblems"] = [subproblem_document(s) for s in error.subproblems]
     doc.update(error.extra)
     return doc
-
-
-def problem_from_document(doc: dict[str, Any]) -> AcmeError:
-    """Inverse of `problem_document`, for errors persisted on orders and challenges."""
-    subs = tuple(
-        SubProblem(
-            type=ProblemType(s["type"]),
-            detail=s.get("detail", ""),
-            identifier=Identifier(**s["identifier"]) if s.get("identifier") else None,
-        )
-        for s in doc.get("subproblems", ())
-    )
-    return AcmeError(
-        type=ProblemType(doc["type"]),
-        detail=doc.get("detail", ""),
-        subproblems=subs,
-        status=doc.get("status"),
-    )

@@ -208,7 +208,7 @@ class StatusStore:
                 where = list(clauses)
                 if chunk is not None:
                     where.append(certificates.c.serial.in_(list(chunk)))
-                # RETURNING, not rowcount: asyncpg reports -1 for INSERT ... SELECT.
+                # RETURNING, not rowcount: drivers differ on rowcount for INSERT ... SELECT.
                 result = await conn.execute(
                     insert(renewal_marks)
                     .from_select(

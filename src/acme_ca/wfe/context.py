@@ -33,7 +33,6 @@ class FrontEnd:
     urls: Urls
     gate: Gate
     meta: DirectoryMeta
-    root_pems: tuple[str, ...] = ()
     orders_page_size: int = 100
     challenge_wait_seconds: float = 0.5
     """How long a challenge response waits for its validation before answering."""
