@@ -75,9 +75,9 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
         # Let us emit BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
+        _set_wal(cursor)
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -113,6 +113,21 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
 _LOCKED = "acme_ca_writer_lock"
 # As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
 _LOCK_WAIT_SECONDS = 30.0
+
+
+def _set_wal(cursor: Any) -> None:
+    """Switch to WAL. On a new file, connections of several processes starting at once
+    race for it and the losers get "database is locked" at once (the journal-mode change
+    does not wait on the busy handler), so retry for a bounded time."""
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _lock_with_deadline(fd: int, seconds: float) -> None:
