@@ -51,15 +51,12 @@ class ValidationService:
     async def run(self, challenge_id: str) -> None:
         """Validate and record the result. Safe to call twice: the store keeps the first."""
         ctx = self._ctx
-        authz_id = await ctx.storage.challenge_authz_id(challenge_id)
-        if authz_id is None:
+        subject = await ctx.storage.get_validation_subject(challenge_id)
+        if subject is None:
             return
-        authz = await ctx.storage.get_authz(authz_id)
-        if authz is None:
-            return
+        authz, account = subject
         challenge = next((c for c in authz.challenges if c.id == challenge_id), None)
-        account = await ctx.storage.get_account(authz.account_id)
-        if challenge is None or account is None:
+        if challenge is None:
             return
         now = ctx.clock.now()
         if authz.status != AuthzStatus.PENDING:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from sqlalchemy import Row
 
 from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem
 from acme_ca.model import (
@@ -23,6 +21,9 @@ from acme_ca.model import (
     OrderStatus,
     RevocationReason,
 )
+
+Row = Mapping[str, Any]
+"""A row read by name: `sqlite3.Row` or a psycopg dict row."""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -92,8 +93,8 @@ def error_from_json(text: str | None) -> AcmeError | None:
     )
 
 
-def account_from_row(row: Row[Any]) -> Account:
-    m = row._mapping
+def account_from_row(row: Row) -> Account:
+    m = row
     return Account(
         id=m["id"],
         status=AccountStatus(m["status"]),
@@ -106,8 +107,8 @@ def account_from_row(row: Row[Any]) -> Account:
     )
 
 
-def order_from_row(row: Row[Any], now: dt.datetime) -> Order:
-    m = row._mapping
+def order_from_row(row: Row, now: dt.datetime) -> Order:
+    m = row
     status = OrderStatus(m["status"])
     expires = from_us(m["expires"])
     error = error_from_json(m["error"])
@@ -133,8 +134,8 @@ def order_from_row(row: Row[Any], now: dt.datetime) -> Order:
     )
 
 
-def challenge_from_row(row: Row[Any]) -> Challenge:
-    m = row._mapping
+def challenge_from_row(row: Row) -> Challenge:
+    m = row
     record = m["validation_record"]
     return Challenge(
         id=m["id"],
@@ -148,10 +149,8 @@ def challenge_from_row(row: Row[Any]) -> Challenge:
     )
 
 
-def authz_from_row(
-    row: Row[Any], challenges: Sequence[Challenge], now: dt.datetime
-) -> Authorization:
-    m = row._mapping
+def authz_from_row(row: Row, challenges: Sequence[Challenge], now: dt.datetime) -> Authorization:
+    m = row
     status = AuthzStatus(m["status"])
     expires = from_us(m["expires"])
     if status in (AuthzStatus.PENDING, AuthzStatus.VALID) and expires <= now:
@@ -169,8 +168,8 @@ def authz_from_row(
     )
 
 
-def certificate_from_row(row: Row[Any]) -> Certificate:
-    m = row._mapping
+def certificate_from_row(row: Row) -> Certificate:
+    m = row
     reason = m["revocation_reason"]
     return Certificate(
         id=m["id"],

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from acme_ca.storage.database import LOCK_WAIT_SECONDS, Database, lock_with_deadline
 from acme_ca.storage.executor import AsyncishEngine
 
 __all__ = ["Engines", "create_engines", "is_sqlite", "normalize_url", "sqlite_url"]
@@ -32,8 +33,11 @@ class Engines:
     reader: AsyncishEngine
     writer: AsyncishEngine
     dialect: str
+    db: Database
+    """Raw driver connections for the request path (`database`)."""
 
     async def dispose(self) -> None:
+        await self.db.close()
         await self.reader.dispose()
         if self.writer is not self.reader:
             await self.writer.dispose()
@@ -89,7 +93,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
             # Writers of all processes queue on a file lock, retried every 0.2-2 ms,
             # instead of SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ...
             # ms between retries while another process writes.
-            _lock_with_deadline(lock_fd, _LOCK_WAIT_SECONDS)
+            lock_with_deadline(lock_fd, LOCK_WAIT_SECONDS)
             conn.info[_LOCKED] = True
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -111,15 +115,13 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
 
 
 _LOCKED = "acme_ca_writer_lock"
-# As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
-_LOCK_WAIT_SECONDS = 30.0
 
 
 def _set_wal(cursor: Any) -> None:
     """Switch to WAL. On a new file, connections of several processes starting at once
     race for it and the losers get "database is locked" at once (the journal-mode change
     does not wait on the busy handler), so retry for a bounded time."""
-    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -128,21 +130,6 @@ def _set_wal(cursor: Any) -> None:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
-
-
-def _lock_with_deadline(fd: int, seconds: float) -> None:
-    """Take the exclusive lock, waiting at most `seconds`: never hang forever."""
-    deadline = time.monotonic() + seconds
-    delay = 0.0002
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise sqlite3.OperationalError("database is locked (writer lock)") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
 
 
 def _writer_lock_fd(url: str) -> int | None:
@@ -159,14 +146,23 @@ def create_engines(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "
             raise ValueError(f"bad sqlite synchronous mode {sqlite_synchronous!r}")
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sqlite_synchronous)
         writer = _sqlite_engine(url, immediate=True, pool_size=1, synchronous=sqlite_synchronous)
+        database = make_url(url).database
+        assert database, "SQLite needs a file: several connections share it"
         return Engines(
             reader=AsyncishEngine(reader, threads=0, connections=4),
             writer=AsyncishEngine(writer, threads=1, connections=1),
             dialect="sqlite",
+            db=Database(sqlite_path=database, sqlite_synchronous=sqlite_synchronous),
         )
     engine = AsyncishEngine(
         create_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True),
         threads=pool_size,
         connections=pool_size,
     )
-    return Engines(reader=engine, writer=engine, dialect=make_url(url).get_backend_name())
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return Engines(
+        reader=engine,
+        writer=engine,
+        dialect=make_url(url).get_backend_name(),
+        db=Database(postgres_dsn=dsn, pool_size=pool_size),
+    )

@@ -13,17 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, true, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Executable
+from sqlalchemy import Row, delete, func, insert, select, update
 
 from acme_ca.clock import Clock
 from acme_ca.model import Authorization, AuthzStatus
 from acme_ca.storage import codec
 from acme_ca.storage.engine import Engines
-from acme_ca.storage.schema import authzs, challenges, eab_keys, orders, rate_counters
+from acme_ca.storage.schema import eab_keys, rate_counters
+from acme_ca.storage.store import insert_authzs
 
 __all__ = ["CounterTotal", "EabKey", "PolicyStore", "WindowCount"]
 
@@ -65,68 +62,19 @@ def _eab_from_row(row: Row[Any]) -> EabKey:
     )
 
 
-def _account_activity_statement() -> Select[Any]:
-    """Both counts use an index on the account's ID; the orders count stops at the cap,
-    so a busy account costs no more than its limit."""
-    recent = (
-        select(orders.c.created_at)
-        .where(
-            orders.c.account_id == bindparam("account_id"),
-            orders.c.created_at >= bindparam("since"),
-        )
-        .order_by(orders.c.created_at.desc())
-        .limit(bindparam("cap", type_=Integer))
-        .subquery()
-    )
-    order_stats = (
-        select(func.count().label("n"), func.min(recent.c.created_at).label("oldest"))
-        .select_from(recent)
-        .subquery()
-    )
-    pending_stats = (
-        select(func.count().label("n"), func.min(authzs.c.expires).label("first"))
-        .where(
-            authzs.c.account_id == bindparam("account_id"),
-            authzs.c.status == AuthzStatus.PENDING,
-            authzs.c.expires > bindparam("now"),
-        )
-        .subquery()
-    )
-    return select(
-        order_stats.c.n.label("orders"),
-        order_stats.c.oldest.label("oldest_order"),
-        pending_stats.c.n.label("pending"),
-        pending_stats.c.first.label("first_expiry"),
-    ).select_from(order_stats.join(pending_stats, true()))
-
-
-# Built once: compiling a statement costs more than running it on SQLite.
-_COUNTER_ROW: dict[str, Any] = {
-    "name": bindparam("name"),
-    "key": bindparam("key"),
-    "bucket": bindparam("bucket"),
-}
-_UPSERT_SQLITE = (
-    sqlite_insert(rate_counters)
-    .values(count=1, **_COUNTER_ROW)
-    .on_conflict_do_update(
-        index_elements=["name", "key", "bucket"], set_={"count": rate_counters.c.count + 1}
-    )
+# Both counts use an index on the account's ID; the orders count stops at the cap,
+# so a busy account costs no more than its limit.
+_ACCOUNT_ACTIVITY = (
+    "SELECT o.n AS orders, o.oldest AS oldest_order, p.n AS pending, p.first AS first_expiry"
+    " FROM (SELECT count(*) AS n, min(created_at) AS oldest FROM"
+    "   (SELECT created_at FROM orders WHERE account_id = ? AND created_at >= ?"
+    "    ORDER BY created_at DESC LIMIT ?) AS recent) AS o,"
+    " (SELECT count(*) AS n, min(expires) AS first FROM authzs"
+    "   WHERE account_id = ? AND status = ? AND expires > ?) AS p"
 )
-_UPSERT_PG = (
-    pg_insert(rate_counters)
-    .values(count=1, **_COUNTER_ROW)
-    .on_conflict_do_update(
-        index_elements=["name", "key", "bucket"], set_={"count": rate_counters.c.count + 1}
-    )
-)
-_ACCOUNT_ACTIVITY = _account_activity_statement()
-_COUNTER_ROWS = select(
-    rate_counters.c.name, rate_counters.c.key, rate_counters.c.bucket, rate_counters.c.count
-).where(
-    rate_counters.c.name.in_(bindparam("names", expanding=True)),
-    rate_counters.c.key.in_(bindparam("keys", expanding=True)),
-    rate_counters.c.bucket >= bindparam("first"),
+_UPSERT_COUNTER = (
+    "INSERT INTO rate_counters (name, key, bucket, count) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT (name, key, bucket) DO UPDATE SET count = rate_counters.count + 1"
 )
 
 
@@ -219,12 +167,10 @@ class PolicyStore:
 
     async def bump_counters(self, items: Iterable[tuple[str, str]], *, bucket: int) -> None:
         """Add one event to each (limit name, key) in the given time bucket."""
-        rows = [{"name": n, "key": k[:255], "bucket": bucket} for n, k in sorted(set(items))]
-        if not rows:
-            return
-        upsert = _UPSERT_PG if self._engines.dialect == "postgresql" else _UPSERT_SQLITE
-        # One executor hop: this runs on every issuance and failed validation.
-        await self._engines.writer.transaction(_execute_rows, upsert, rows)
+        rows = [(n, k[:255], bucket) for n, k in sorted(set(items))]
+        if rows:
+            # One unit of work: this runs on every issuance and failed validation.
+            await self._engines.db.write(lambda sql: sql.many(_UPSERT_COUNTER, rows))
 
     async def counter_totals(
         self, queries: Sequence[tuple[str, str, int]]
@@ -232,19 +178,20 @@ class PolicyStore:
         """Per (limit name, key, first bucket in the window): the events in the window."""
         if not queries:
             return {}
-        # One prepared statement whatever the number of checks: fetch the buckets of
-        # every (name, key) from the earliest window start, then sum per window here.
-        params = {
-            "names": sorted({name for name, _, _ in queries}),
-            "keys": sorted({key[:255] for _, key, _ in queries}),
-            "first": min(first for _, _, first in queries),
-        }
-        async with self._engines.reader.connect() as conn:
-            rows = (await conn.execute(_COUNTER_ROWS, params)).all()
+        # One statement whatever the number of checks: fetch the buckets of every
+        # (name, key) from the earliest window start, then sum per window here.
+        names = sorted({name for name, _, _ in queries})
+        keys = sorted({key[:255] for _, key, _ in queries})
+        first_bucket = min(first for _, _, first in queries)
+        text = (
+            "SELECT name, key, bucket, count FROM rate_counters"  # noqa: S608 - only '?' marks
+            f" WHERE name IN ({', '.join('?' * len(names))})"
+            f" AND key IN ({', '.join('?' * len(keys))}) AND bucket >= ?"
+        )
+        params = (*names, *keys, first_bucket)
+        rows = await self._engines.db.read(lambda sql: sql.all(text, params))
         buckets: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for row in rows:
-            # By mapping: `Row.count` is the tuple method, not the column.
-            m = row._mapping
+        for m in rows:
             buckets.setdefault((m["name"], m["key"]), []).append(
                 (int(m["bucket"]), int(m["count"]))
             )
@@ -268,63 +215,24 @@ class PolicyStore:
     async def account_activity(
         self, account_id: str, *, orders_since: dt.datetime, orders_cap: int, now: dt.datetime
     ) -> tuple[WindowCount, WindowCount]:
-        """(orders created since `orders_since`, up to `orders_cap`; live pending authzs).
-
-        One statement: both counts use an index on the account's ID, and the orders
-        count stops at the cap, so a busy account costs no more than its limit.
-        """
-        async with self._engines.reader.connect() as conn:
-            row = (
-                await conn.execute(
-                    _ACCOUNT_ACTIVITY,
-                    {
-                        "account_id": account_id,
-                        "since": codec.to_us(orders_since),
-                        "cap": max(orders_cap, 1),
-                        "now": codec.to_us(now),
-                    },
-                )
-            ).first()
+        """(orders created since `orders_since`, up to `orders_cap`; live pending authzs)."""
+        params = (
+            account_id,
+            codec.to_us(orders_since),
+            max(orders_cap, 1),
+            account_id,
+            AuthzStatus.PENDING,
+            codec.to_us(now),
+        )
+        row = await self._engines.db.read(lambda sql: sql.one(_ACCOUNT_ACTIVITY, params))
         assert row is not None  # aggregates always answer one row
         return (
-            WindowCount(count=int(row.orders), oldest=codec.opt_from_us(row.oldest_order)),
-            WindowCount(count=int(row.pending), oldest=codec.opt_from_us(row.first_expiry)),
+            WindowCount(count=int(row["orders"]), oldest=codec.opt_from_us(row["oldest_order"])),
+            WindowCount(count=int(row["pending"]), oldest=codec.opt_from_us(row["first_expiry"])),
         )
 
     # ---- pre-authorization (RFC 8555 §7.4.1) -----------------------------------------
 
     async def create_authz(self, authz: Authorization) -> None:
         """Insert an authorization that belongs to no order (yet)."""
-        async with self._engines.writer.begin() as conn:
-            await conn.execute(
-                insert(authzs).values(
-                    id=authz.id,
-                    account_id=authz.account_id,
-                    identifier_type=authz.identifier.type,
-                    identifier_value=authz.identifier.value,
-                    wildcard=authz.wildcard,
-                    status=authz.status,
-                    expires=codec.to_us(authz.expires),
-                    created_at=codec.to_us(authz.created_at),
-                )
-            )
-            await conn.execute(
-                insert(challenges),
-                [
-                    {
-                        "id": c.id,
-                        "authz_id": authz.id,
-                        "type": c.type,
-                        "token": c.token,
-                        "status": c.status,
-                        "validated": None,
-                        "error": None,
-                        "validation_record": None,
-                    }
-                    for c in authz.challenges
-                ],
-            )
-
-
-def _execute_rows(conn: Connection, statement: Executable, rows: list[dict[str, object]]) -> None:
-    conn.execute(statement, rows)
+        await self._engines.db.write(insert_authzs, [authz])

@@ -1,21 +1,19 @@
-"""The storage authority: every query the CA makes, each a short transaction.
+"""The storage authority: every query the CA makes, each a short unit of work.
 
 `StorageReader` is what the web front end gets; only the RA holds a `Storage`
 (read-write). State transitions are guarded in SQL (`UPDATE ... WHERE status = ...`)
 so that concurrent processes sharing one database cannot both win a transition.
+The SQL is plain text run on the drivers' connections (`database`): the same text
+on SQLite and PostgreSQL; the tables are defined in `schema` and made by Alembic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
-
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Connection as SyncConnection
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import Executable
 
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
@@ -31,19 +29,8 @@ from acme_ca.model import (
     RevocationReason,
 )
 from acme_ca.storage import codec
+from acme_ca.storage.database import Database, IntegrityError, Row, Sql
 from acme_ca.storage.engine import Engines
-from acme_ca.storage.executor import AsyncishConnection as AsyncConnection
-from acme_ca.storage.schema import (
-    accounts,
-    authzs,
-    certificates,
-    challenges,
-    jobs,
-    order_authzs,
-    orders,
-    settings,
-    used_nonces,
-)
 
 __all__ = ["Storage", "StorageReader"]
 
@@ -62,32 +49,60 @@ class StorageReader(Protocol):
     ) -> tuple[list[str], tuple[int, str] | None]: ...
 
 
-# The hottest statements, built once: building a Core statement costs more than
-# running it on SQLite (about 35 µs against 11 µs).
-_ACCOUNT_BY_ID = select(accounts).where(accounts.c.id == bindparam("id"))
-_ORDER_BY_ID = select(orders).where(orders.c.id == bindparam("id"))
-_AUTHZ_BY_ID = select(authzs).where(authzs.c.id == bindparam("id"))
-_CHALLENGES_OF_AUTHZ = (
-    select(challenges).where(challenges.c.authz_id == bindparam("id")).order_by(challenges.c.id)
+_AUTHZ_BY_ID = "SELECT * FROM authzs WHERE id = ?"
+_CHALLENGES_OF_AUTHZ = "SELECT * FROM challenges WHERE authz_id = ? ORDER BY id"
+_INSERT_AUTHZ = (
+    "INSERT INTO authzs (id, account_id, identifier_type, identifier_value, wildcard, status,"
+    " expires, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_USED_NONCE = insert(used_nonces)
+_INSERT_CHALLENGE = (
+    "INSERT INTO challenges (id, authz_id, type, token, status, validated, error,"
+    " validation_record) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)"
+)
+_ORDERS_OF_AUTHZ = (
+    "SELECT orders.id, orders.authz_ids FROM orders"
+    " JOIN order_authzs ON order_authzs.order_id = orders.id"
+    " WHERE order_authzs.authz_id = ? AND orders.status = ?"
+)
+_ORDERS_OF_AUTHZ_PG = _ORDERS_OF_AUTHZ + " FOR UPDATE OF orders"
+_STALE_JOBS = "SELECT kind, target_id, lease_until FROM jobs WHERE lease_until < ? LIMIT ?"
+_STALE_JOBS_PG = _STALE_JOBS + " FOR UPDATE SKIP LOCKED"
+_INSERT_JOB = "INSERT INTO jobs (kind, target_id, lease_until, attempts) VALUES (?, ?, ?, 1)"
 
 
-def _execute_sync(conn: SyncConnection, statement: Executable, params: dict[str, object]) -> None:
-    conn.execute(statement, params)
+def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
+    return sql.one(text, params)
 
 
-def _first_row(
-    conn: SyncConnection, statement: Executable, params: dict[str, object]
-) -> Row[Any] | None:
-    return conn.execute(statement, params).first()
-
-
-def _authz_rows(conn: SyncConnection, authz_id: str) -> tuple[Row[Any], Sequence[Row[Any]]] | None:
-    row = conn.execute(_AUTHZ_BY_ID, {"id": authz_id}).first()
+def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
+    row = sql.one(_AUTHZ_BY_ID, (authz_id,))
     if row is None:
         return None
-    return row, conn.execute(_CHALLENGES_OF_AUTHZ, {"id": authz_id}).all()
+    return row, sql.all(_CHALLENGES_OF_AUTHZ, (authz_id,))
+
+
+def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
+    """Insert authorizations with their challenges (shared with the policy store)."""
+    sql.many(
+        _INSERT_AUTHZ,
+        [
+            (
+                a.id,
+                a.account_id,
+                a.identifier.type,
+                a.identifier.value,
+                a.wildcard,
+                a.status,
+                codec.to_us(a.expires),
+                codec.to_us(a.created_at),
+            )
+            for a in new_authzs
+        ],
+    )
+    sql.many(
+        _INSERT_CHALLENGE,
+        [(c.id, a.id, c.type, c.token, c.status) for a in new_authzs for c in a.challenges],
+    )
 
 
 class Storage:
@@ -95,6 +110,7 @@ class Storage:
 
     def __init__(self, engines: Engines, clock: Clock) -> None:
         self._engines = engines
+        self._db: Database = engines.db
         self._clock = clock
         self._for_update = engines.dialect != "sqlite"
 
@@ -102,153 +118,163 @@ class Storage:
     def engines(self) -> Engines:
         return self._engines
 
-    # ---- reads -------------------------------------------------------------
-
-    async def get_account(self, account_id: str) -> Account | None:
-        row = await self._engines.reader.read(_first_row, _ACCOUNT_BY_ID, {"id": account_id})
-        return codec.account_from_row(row) if row else None
-
-    async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
-        async with self._engines.reader.connect() as conn:
-            row = (
-                await conn.execute(select(accounts).where(accounts.c.thumbprint == thumbprint))
-            ).first()
-        return codec.account_from_row(row) if row else None
-
-    async def get_order(self, order_id: str) -> Order | None:
-        row = await self._engines.reader.read(_first_row, _ORDER_BY_ID, {"id": order_id})
-        return codec.order_from_row(row, self._clock.now()) if row else None
-
-    async def list_order_ids(
-        self, account_id: str, *, after: tuple[int, str] | None, limit: int
-    ) -> tuple[list[str], tuple[int, str] | None]:
-        query = select(orders.c.id, orders.c.created_at).where(orders.c.account_id == account_id)
-        if after is not None:
-            created, last_id = after
-            query = query.where(
-                (orders.c.created_at > created)
-                | and_(orders.c.created_at == created, orders.c.id > last_id)
-            )
-        query = query.order_by(orders.c.created_at, orders.c.id).limit(limit + 1)
-        async with self._engines.reader.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        page = rows[:limit]
-        cursor = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
-        return [r.id for r in page], cursor
-
-    async def _load_authz(self, conn: AsyncConnection, authz_id: str) -> Authorization | None:
-        row = (await conn.execute(_AUTHZ_BY_ID, {"id": authz_id})).first()
-        if row is None:
-            return None
-        chall_rows = (await conn.execute(_CHALLENGES_OF_AUTHZ, {"id": authz_id})).all()
-        return codec.authz_from_row(
-            row, [codec.challenge_from_row(c) for c in chall_rows], self._clock.now()
-        )
-
-    async def get_authz(self, authz_id: str) -> Authorization | None:
-        found = await self._engines.reader.read(_authz_rows, authz_id)
-        if found is None:
-            return None
+    def _authz(self, found: tuple[Row, list[Row]]) -> Authorization:
         row, chall_rows = found
         return codec.authz_from_row(
             row, [codec.challenge_from_row(c) for c in chall_rows], self._clock.now()
         )
 
+    # ---- reads -------------------------------------------------------------
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._db.read(_one, "SELECT * FROM accounts WHERE id = ?", (account_id,))
+        return codec.account_from_row(row) if row else None
+
+    async def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
+        row = await self._db.read(
+            _one, "SELECT * FROM accounts WHERE thumbprint = ?", (thumbprint,)
+        )
+        return codec.account_from_row(row) if row else None
+
+    async def get_order(self, order_id: str) -> Order | None:
+        row = await self._db.read(_one, "SELECT * FROM orders WHERE id = ?", (order_id,))
+        return codec.order_from_row(row, self._clock.now()) if row else None
+
+    async def list_order_ids(
+        self, account_id: str, *, after: tuple[int, str] | None, limit: int
+    ) -> tuple[list[str], tuple[int, str] | None]:
+        if after is None:
+            text = (
+                "SELECT id, created_at FROM orders WHERE account_id = ?"
+                " ORDER BY created_at, id LIMIT ?"
+            )
+            params: tuple[Any, ...] = (account_id, limit + 1)
+        else:
+            created, last_id = after
+            text = (
+                "SELECT id, created_at FROM orders WHERE account_id = ?"
+                " AND (created_at > ? OR (created_at = ? AND id > ?))"
+                " ORDER BY created_at, id LIMIT ?"
+            )
+            params = (account_id, created, created, last_id, limit + 1)
+        rows = await self._db.read(lambda sql: sql.all(text, params))
+        page = rows[:limit]
+        cursor = (page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+        return [r["id"] for r in page], cursor
+
+    async def get_authz(self, authz_id: str) -> Authorization | None:
+        found = await self._db.read_consistent(_authz_rows, authz_id)
+        return self._authz(found) if found is not None else None
+
+    async def get_validation_subject(
+        self, challenge_id: str
+    ) -> tuple[Authorization, Account] | None:
+        """The authorization of a challenge and the account that owns it, in one read."""
+
+        def run(sql: Sql) -> tuple[tuple[Row, list[Row]], Row] | None:
+            chall = sql.one("SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,))
+            if chall is None:
+                return None
+            found = _authz_rows(sql, chall["authz_id"])
+            if found is None:
+                return None
+            account = sql.one("SELECT * FROM accounts WHERE id = ?", (found[0]["account_id"],))
+            return (found, account) if account is not None else None
+
+        got = await self._db.read_consistent(run)
+        if got is None:
+            return None
+        return self._authz(got[0]), codec.account_from_row(got[1])
+
     async def get_certificate(self, cert_id: str) -> Certificate | None:
-        async with self._engines.reader.connect() as conn:
-            row = (
-                await conn.execute(select(certificates).where(certificates.c.id == cert_id))
-            ).first()
+        row = await self._db.read(_one, "SELECT * FROM certificates WHERE id = ?", (cert_id,))
         return codec.certificate_from_row(row) if row else None
 
     async def get_certificate_by_serial(self, serial: str) -> Certificate | None:
-        async with self._engines.reader.connect() as conn:
-            row = (
-                await conn.execute(select(certificates).where(certificates.c.serial == serial))
-            ).first()
+        row = await self._db.read(_one, "SELECT * FROM certificates WHERE serial = ?", (serial,))
         return codec.certificate_from_row(row) if row else None
 
     async def find_reusable_authz(
         self, account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
     ) -> Authorization | None:
         """A valid or pending authz of this account for the identifier, alive past `valid_after`."""
-        query = (
-            select(authzs.c.id)
-            .where(
-                authzs.c.account_id == account_id,
-                authzs.c.identifier_type == identifier.type,
-                authzs.c.identifier_value == identifier.value,
-                authzs.c.wildcard == wildcard,
-                authzs.c.status.in_([AuthzStatus.VALID, AuthzStatus.PENDING]),
-                authzs.c.expires > codec.to_us(valid_after),
+
+        def run(sql: Sql) -> tuple[Row, list[Row]] | None:
+            row = sql.one(
+                "SELECT id FROM authzs WHERE account_id = ? AND identifier_type = ?"
+                " AND identifier_value = ? AND wildcard = ? AND status IN (?, ?) AND expires > ?"
+                # Prefer valid over pending, then the longest-lived.
+                " ORDER BY status DESC, expires DESC LIMIT 1",
+                (
+                    account_id,
+                    identifier.type,
+                    identifier.value,
+                    wildcard,
+                    AuthzStatus.VALID,
+                    AuthzStatus.PENDING,
+                    codec.to_us(valid_after),
+                ),
             )
-            # Prefer valid over pending, then the longest-lived.
-            .order_by(authzs.c.status.desc(), authzs.c.expires.desc())
-            .limit(1)
-        )
-        async with self._engines.reader.connect() as conn:
-            row = (await conn.execute(query)).first()
-            if row is None:
-                return None
-            return await self._load_authz(conn, row.id)
+            return _authz_rows(sql, row["id"]) if row is not None else None
+
+        found = await self._db.read_consistent(run)
+        return self._authz(found) if found is not None else None
 
     async def has_valid_authzs(
         self, account_id: str, identifiers: Sequence[Identifier], now: dt.datetime
     ) -> bool:
         """Whether the account holds a live valid authz for each identifier (RFC 8555 §7.6)."""
-        async with self._engines.reader.connect() as conn:
+
+        def run(sql: Sql) -> bool:
             for identifier in identifiers:
-                value = identifier.value.removeprefix("*.")
-                row = (
-                    await conn.execute(
-                        select(authzs.c.id)
-                        .where(
-                            authzs.c.account_id == account_id,
-                            authzs.c.identifier_type == identifier.type,
-                            authzs.c.identifier_value == value,
-                            authzs.c.status == AuthzStatus.VALID,
-                            authzs.c.expires > codec.to_us(now),
-                        )
-                        .limit(1)
-                    )
-                ).first()
+                row = sql.one(
+                    "SELECT id FROM authzs WHERE account_id = ? AND identifier_type = ?"
+                    " AND identifier_value = ? AND status = ? AND expires > ? LIMIT 1",
+                    (
+                        account_id,
+                        identifier.type,
+                        identifier.value.removeprefix("*."),
+                        AuthzStatus.VALID,
+                        codec.to_us(now),
+                    ),
+                )
                 if row is None:
                     return False
-        return True
+            return True
+
+        return await self._db.read(run)
 
     async def is_key_blocked(self, spki_sha256: str) -> bool:
         """Whether a certificate for this key was revoked for keyCompromise (RFC 5280 §5.3.1)."""
-        async with self._engines.reader.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(certificates.c.id)
-                    .where(
-                        certificates.c.spki_sha256 == spki_sha256,
-                        certificates.c.revocation_reason == int(RevocationReason.KEY_COMPROMISE),
-                    )
-                    .limit(1)
-                )
-            ).first()
+        row = await self._db.read(
+            _one,
+            "SELECT id FROM certificates WHERE spki_sha256 = ? AND revocation_reason = ? LIMIT 1",
+            (spki_sha256, int(RevocationReason.KEY_COMPROMISE)),
+        )
         return row is not None
 
     # ---- accounts ----------------------------------------------------------
 
     async def create_account(self, account: Account) -> Account:
         """Insert; if the key is already registered, return that account instead."""
+        params = (
+            account.id,
+            account.status,
+            codec.dumps(account.jwk),
+            account.thumbprint,
+            codec.dumps(list(account.contact)),
+            account.tos_agreed,
+            account.eab_kid,
+            codec.to_us(account.created_at),
+        )
         try:
-            async with self._engines.writer.begin() as conn:
-                await conn.execute(
-                    insert(accounts).values(
-                        id=account.id,
-                        status=account.status,
-                        jwk=codec.dumps(account.jwk),
-                        thumbprint=account.thumbprint,
-                        contact=codec.dumps(list(account.contact)),
-                        tos_agreed=account.tos_agreed,
-                        eab_kid=account.eab_kid,
-                        created_at=codec.to_us(account.created_at),
-                    )
+            await self._db.write(
+                lambda sql: sql.run(
+                    "INSERT INTO accounts (id, status, jwk, thumbprint, contact, tos_agreed,"
+                    " eab_kid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    params,
                 )
+            )
         except IntegrityError:
             existing = await self.get_account_by_thumbprint(account.thumbprint)
             if existing is None:
@@ -257,105 +283,81 @@ class Storage:
         return account
 
     async def update_account(self, account: Account) -> None:
-        async with self._engines.writer.begin() as conn:
-            await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account.id)
-                .values(
-                    status=account.status,
-                    contact=codec.dumps(list(account.contact)),
-                    tos_agreed=account.tos_agreed,
-                )
+        params = (
+            account.status,
+            codec.dumps(list(account.contact)),
+            account.tos_agreed,
+            account.id,
+        )
+        await self._db.write(
+            lambda sql: sql.run(
+                "UPDATE accounts SET status = ?, contact = ?, tos_agreed = ? WHERE id = ?", params
             )
+        )
 
     async def deactivate_account(self, account_id: str) -> None:
         """RFC 8555 §7.3.6: also deactivates the account's pending authorizations."""
-        async with self._engines.writer.begin() as conn:
-            await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id)
-                .values(status=AccountStatus.DEACTIVATED)
+
+        def run(sql: Sql) -> None:
+            sql.run(
+                "UPDATE accounts SET status = ? WHERE id = ?",
+                (AccountStatus.DEACTIVATED, account_id),
             )
-            await conn.execute(
-                update(authzs)
-                .where(authzs.c.account_id == account_id, authzs.c.status == AuthzStatus.PENDING)
-                .values(status=AuthzStatus.DEACTIVATED)
+            sql.run(
+                "UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
+                (AuthzStatus.DEACTIVATED, account_id, AuthzStatus.PENDING),
             )
+
+        await self._db.write(run)
 
     async def change_account_key(
         self, account_id: str, jwk: dict[str, object], thumbprint: str
     ) -> bool:
         """False when another account already has the new key (RFC 8555 §7.3.5)."""
+        params = (codec.dumps(jwk), thumbprint, account_id, AccountStatus.VALID)
         try:
-            async with self._engines.writer.begin() as conn:
-                result = await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == account_id, accounts.c.status == AccountStatus.VALID)
-                    .values(jwk=codec.dumps(jwk), thumbprint=thumbprint)
+            changed = await self._db.write(
+                lambda sql: sql.run(
+                    "UPDATE accounts SET jwk = ?, thumbprint = ? WHERE id = ? AND status = ?",
+                    params,
                 )
+            )
         except IntegrityError:
             return False
-        return result.rowcount == 1
+        return bool(changed == 1)
 
     # ---- orders and authorizations -------------------------------------------
 
     async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> None:
-        def run(conn: SyncConnection) -> Any:
+        params = (
+            order.id,
+            order.account_id,
+            order.status,
+            codec.identifiers_to_json(order.identifiers),
+            json.dumps(list(order.authz_ids)),
+            codec.to_us(order.expires),
+            codec.opt_to_us(order.not_before),
+            codec.opt_to_us(order.not_after),
+            order.profile,
+            order.replaces,
+            codec.to_us(order.created_at),
+        )
+
+        def run(sql: Sql) -> None:
             if new_authzs:
-                conn.execute(
-                    insert(authzs),
-                    [
-                        {
-                            "id": a.id,
-                            "account_id": a.account_id,
-                            "identifier_type": a.identifier.type,
-                            "identifier_value": a.identifier.value,
-                            "wildcard": a.wildcard,
-                            "status": a.status,
-                            "expires": codec.to_us(a.expires),
-                            "created_at": codec.to_us(a.created_at),
-                        }
-                        for a in new_authzs
-                    ],
-                )
-                chall_rows = [
-                    {
-                        "id": c.id,
-                        "authz_id": a.id,
-                        "type": c.type,
-                        "token": c.token,
-                        "status": c.status,
-                        "validated": None,
-                        "error": None,
-                        "validation_record": None,
-                    }
-                    for a in new_authzs
-                    for c in a.challenges
-                ]
-                conn.execute(insert(challenges), chall_rows)
-            conn.execute(
-                insert(orders).values(
-                    id=order.id,
-                    account_id=order.account_id,
-                    status=order.status,
-                    identifiers=codec.identifiers_to_json(order.identifiers),
-                    authz_ids=json.dumps(list(order.authz_ids)),
-                    expires=codec.to_us(order.expires),
-                    not_before=codec.opt_to_us(order.not_before),
-                    not_after=codec.opt_to_us(order.not_after),
-                    error=None,
-                    certificate_id=None,
-                    profile=order.profile,
-                    replaces=order.replaces,
-                    created_at=codec.to_us(order.created_at),
-                )
+                insert_authzs(sql, new_authzs)
+            sql.run(
+                "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
+                " not_before, not_after, error, certificate_id, profile, replaces, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
+                params,
             )
-            conn.execute(
-                insert(order_authzs),
-                [{"order_id": order.id, "authz_id": a} for a in order.authz_ids],
+            sql.many(
+                "INSERT INTO order_authzs (order_id, authz_id) VALUES (?, ?)",
+                [(order.id, a) for a in order.authz_ids],
             )
 
-        await self._engines.writer.transaction(run)
+        await self._db.write(run)
 
     async def start_challenge(
         self, authz_id: str, challenge_id: str, *, lease_until: dt.datetime
@@ -363,51 +365,34 @@ class Storage:
         """pending → processing and enqueue the validation job, atomically; False if not pending."""
         now = codec.to_us(self._clock.now())
 
-        def run(conn: SyncConnection) -> Any:
-            authz_ok = (
-                conn.execute(
-                    select(authzs.c.id).where(
-                        authzs.c.id == authz_id,
-                        authzs.c.status == AuthzStatus.PENDING,
-                        authzs.c.expires > now,
-                    )
+        def run(sql: Sql) -> bool:
+            if (
+                sql.one(
+                    "SELECT id FROM authzs WHERE id = ? AND status = ? AND expires > ?",
+                    (authz_id, AuthzStatus.PENDING, now),
                 )
-            ).first()
-            if authz_ok is None:
+                is None
+            ):
                 return False
             # RFC 8555 §7.1.6: only one challenge of an authz is attempted at a time.
-            busy = (
-                conn.execute(
-                    select(challenges.c.id).where(
-                        challenges.c.authz_id == authz_id,
-                        challenges.c.status != ChallengeStatus.PENDING,
-                    )
+            if (
+                sql.one(
+                    "SELECT id FROM challenges WHERE authz_id = ? AND status <> ? LIMIT 1",
+                    (authz_id, ChallengeStatus.PENDING),
                 )
-            ).first()
-            if busy is not None:
+                is not None
+            ):
                 return False
-            result = conn.execute(
-                update(challenges)
-                .where(
-                    challenges.c.id == challenge_id,
-                    challenges.c.authz_id == authz_id,
-                    challenges.c.status == ChallengeStatus.PENDING,
-                )
-                .values(status=ChallengeStatus.PROCESSING)
+            changed = sql.run(
+                "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?",
+                (ChallengeStatus.PROCESSING, challenge_id, authz_id, ChallengeStatus.PENDING),
             )
-            if result.rowcount != 1:
+            if changed != 1:
                 return False
-            conn.execute(
-                insert(jobs).values(
-                    kind="validate",
-                    target_id=challenge_id,
-                    lease_until=codec.to_us(lease_until),
-                    attempts=1,
-                )
-            )
+            sql.run(_INSERT_JOB, ("validate", challenge_id, codec.to_us(lease_until)))
             return True
 
-        return bool(await self._engines.writer.transaction(run))
+        return await self._db.write(run)
 
     async def finish_validation(
         self,
@@ -421,132 +406,104 @@ class Storage:
     ) -> None:
         """Record a validation result and move the authz and its orders (RFC 8555 §7.1.6)."""
         valid = error is None
-
-        def run(conn: SyncConnection) -> Any:
-            result = conn.execute(
-                update(challenges)
-                .where(
-                    challenges.c.id == challenge_id,
-                    challenges.c.status == ChallengeStatus.PROCESSING,
-                )
-                .values(
-                    status=ChallengeStatus.VALID if valid else ChallengeStatus.INVALID,
-                    validated=codec.to_us(now) if valid else None,
-                    error=codec.error_to_json(error),
-                    validation_record=codec.dumps(list(records)),
-                )
-            )
-            conn.execute(
-                delete(jobs).where(jobs.c.kind == "validate", jobs.c.target_id == challenge_id)
-            )
-            if result.rowcount != 1:
-                return  # already finished by another worker
-            conn.execute(
-                update(authzs)
-                .where(authzs.c.id == authz_id, authzs.c.status == AuthzStatus.PENDING)
-                .values(
-                    status=AuthzStatus.VALID if valid else AuthzStatus.INVALID,
-                    expires=codec.to_us(valid_until) if valid else authzs.c.expires,
-                )
-            )
-            self._settle_orders_sync(conn, authz_id, error)
-
-        await self._engines.writer.transaction(run)
-
-    def _settle_orders_sync(
-        self, conn: SyncConnection, authz_id: str, error: AcmeError | None
-    ) -> None:
-        """Move pending orders that use `authz_id` to ready or invalid."""
-        query = (
-            select(orders.c.id, orders.c.authz_ids)
-            .join(order_authzs, order_authzs.c.order_id == orders.c.id)
-            .where(order_authzs.c.authz_id == authz_id, orders.c.status == OrderStatus.PENDING)
+        challenge_params = (
+            ChallengeStatus.VALID if valid else ChallengeStatus.INVALID,
+            codec.to_us(now) if valid else None,
+            codec.error_to_json(error),
+            codec.dumps(list(records)),
+            challenge_id,
+            ChallengeStatus.PROCESSING,
         )
-        if self._for_update:
-            # Serialize with a concurrent validation of the order's other authz.
-            query = query.with_for_update(of=orders)
-        for order_row in (conn.execute(query)).all():
-            if error is not None:
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order_row.id, orders.c.status == OrderStatus.PENDING)
-                    .values(status=OrderStatus.INVALID, error=codec.error_to_json(error))
+        now_us = codec.to_us(self._clock.now())
+
+        def run(sql: Sql) -> None:
+            changed = sql.run(
+                "UPDATE challenges SET status = ?, validated = ?, error = ?, validation_record = ?"
+                " WHERE id = ? AND status = ?",
+                challenge_params,
+            )
+            sql.run("DELETE FROM jobs WHERE kind = 'validate' AND target_id = ?", (challenge_id,))
+            if changed != 1:
+                return  # already finished by another worker
+            if valid:
+                sql.run(
+                    "UPDATE authzs SET status = ?, expires = ? WHERE id = ? AND status = ?",
+                    (AuthzStatus.VALID, codec.to_us(valid_until), authz_id, AuthzStatus.PENDING),
                 )
-                continue
-            if self._all_valid_sync(conn, json.loads(order_row.authz_ids)):
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order_row.id, orders.c.status == OrderStatus.PENDING)
-                    .values(status=OrderStatus.READY)
+            else:
+                sql.run(
+                    "UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
+                    (AuthzStatus.INVALID, authz_id, AuthzStatus.PENDING),
+                )
+            self._settle_orders(sql, authz_id, error, now_us)
+
+        await self._db.write(run)
+
+    def _settle_orders(self, sql: Sql, authz_id: str, error: AcmeError | None, now: int) -> None:
+        """Move pending orders that use `authz_id` to ready or invalid."""
+        # FOR UPDATE (PostgreSQL): serialize with a validation of the order's other authz.
+        rows = sql.all(
+            _ORDERS_OF_AUTHZ_PG if self._for_update else _ORDERS_OF_AUTHZ,
+            (authz_id, OrderStatus.PENDING),
+        )
+        for order_row in rows:
+            if error is not None:
+                sql.run(
+                    "UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?",
+                    (
+                        OrderStatus.INVALID,
+                        codec.error_to_json(error),
+                        order_row["id"],
+                        OrderStatus.PENDING,
+                    ),
+                )
+            elif _all_valid(sql, json.loads(order_row["authz_ids"]), now):
+                sql.run(
+                    "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
+                    (OrderStatus.READY, order_row["id"], OrderStatus.PENDING),
                 )
 
     async def settle_order(self, order_id: str) -> None:
         """Move a pending order whose authzs are all valid to ready (e.g. all reused)."""
+        now = codec.to_us(self._clock.now())
 
-        def run(conn: SyncConnection) -> Any:
-            row = (
-                conn.execute(
-                    select(orders.c.authz_ids).where(
-                        orders.c.id == order_id, orders.c.status == OrderStatus.PENDING
-                    )
-                )
-            ).first()
-            if row is None:
-                return
-            if self._all_valid_sync(conn, json.loads(row.authz_ids)):
-                conn.execute(
-                    update(orders)
-                    .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING)
-                    .values(status=OrderStatus.READY)
-                )
-
-        await self._engines.writer.transaction(run)
-
-    def _all_valid_sync(self, conn: SyncConnection, authz_ids: Sequence[str]) -> bool:
-        not_valid = (
-            conn.execute(
-                select(func.count())
-                .select_from(authzs)
-                .where(
-                    authzs.c.id.in_(authz_ids),
-                    (authzs.c.status != AuthzStatus.VALID)
-                    | (authzs.c.expires <= codec.to_us(self._clock.now())),
-                )
+        def run(sql: Sql) -> None:
+            row = sql.one(
+                "SELECT authz_ids FROM orders WHERE id = ? AND status = ?",
+                (order_id, OrderStatus.PENDING),
             )
-        ).scalar_one()
-        return bool(not_valid == 0)
+            if row is not None and _all_valid(sql, json.loads(row["authz_ids"]), now):
+                sql.run(
+                    "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
+                    (OrderStatus.READY, order_id, OrderStatus.PENDING),
+                )
+
+        await self._db.write(run)
 
     async def deactivate_authz(self, authz_id: str) -> bool:
         """RFC 8555 §7.5.2: pending or valid → deactivated; its pending orders become invalid."""
-        async with self._engines.writer.begin() as conn:
-            result = await conn.execute(
-                update(authzs)
-                .where(
-                    authzs.c.id == authz_id,
-                    authzs.c.status.in_([AuthzStatus.PENDING, AuthzStatus.VALID]),
-                )
-                .values(status=AuthzStatus.DEACTIVATED)
+        error = codec.error_to_json(
+            AcmeError(
+                type=ProblemType.UNAUTHORIZED,
+                detail="An authorization of this order was deactivated",
             )
-            if result.rowcount != 1:
+        )
+
+        def run(sql: Sql) -> bool:
+            changed = sql.run(
+                "UPDATE authzs SET status = ? WHERE id = ? AND status IN (?, ?)",
+                (AuthzStatus.DEACTIVATED, authz_id, AuthzStatus.PENDING, AuthzStatus.VALID),
+            )
+            if changed != 1:
                 return False
-            order_ids = select(order_authzs.c.order_id).where(order_authzs.c.authz_id == authz_id)
-            await conn.execute(
-                update(orders)
-                .where(
-                    orders.c.id.in_(order_ids),
-                    orders.c.status.in_([OrderStatus.PENDING, OrderStatus.READY]),
-                )
-                .values(
-                    status=OrderStatus.INVALID,
-                    error=codec.error_to_json(
-                        AcmeError(
-                            type=ProblemType.UNAUTHORIZED,
-                            detail="An authorization of this order was deactivated",
-                        )
-                    ),
-                )
+            sql.run(
+                "UPDATE orders SET status = ?, error = ? WHERE id IN"
+                " (SELECT order_id FROM order_authzs WHERE authz_id = ?) AND status IN (?, ?)",
+                (OrderStatus.INVALID, error, authz_id, OrderStatus.PENDING, OrderStatus.READY),
             )
-        return True
+            return True
+
+        return await self._db.write(run)
 
     async def begin_finalize(
         self, order_id: str, *, csr_der: bytes, serial: str, lease_until: dt.datetime
@@ -554,80 +511,67 @@ class Storage:
         """ready → processing with the CSR and serial recorded and an issuance job queued."""
         now = codec.to_us(self._clock.now())
 
-        def run(conn: SyncConnection) -> Any:
-            result = conn.execute(
-                update(orders)
-                .where(
-                    orders.c.id == order_id,
-                    orders.c.status == OrderStatus.READY,
-                    orders.c.expires > now,
-                )
-                .values(status=OrderStatus.PROCESSING, csr=csr_der, serial=serial)
+        def run(sql: Sql) -> bool:
+            changed = sql.run(
+                "UPDATE orders SET status = ?, csr = ?, serial = ?"
+                " WHERE id = ? AND status = ? AND expires > ?",
+                (OrderStatus.PROCESSING, csr_der, serial, order_id, OrderStatus.READY, now),
             )
-            if result.rowcount != 1:
+            if changed != 1:
                 return False
-            conn.execute(
-                insert(jobs).values(
-                    kind="issue",
-                    target_id=order_id,
-                    lease_until=codec.to_us(lease_until),
-                    attempts=1,
-                )
-            )
+            sql.run(_INSERT_JOB, ("issue", order_id, codec.to_us(lease_until)))
             return True
 
-        return bool(await self._engines.writer.transaction(run))
+        return await self._db.write(run)
 
     async def get_order_serial(self, order_id: str) -> str | None:
-        async with self._engines.reader.connect() as conn:
-            serial: str | None = (
-                await conn.execute(select(orders.c.serial).where(orders.c.id == order_id))
-            ).scalar_one_or_none()
-        return serial
+        row = await self._db.read(_one, "SELECT serial FROM orders WHERE id = ?", (order_id,))
+        return row["serial"] if row is not None else None
 
     async def finish_issuance(self, order_id: str, certificate: Certificate) -> bool:
         """Store the certificate and make the order valid; False if another worker did."""
+        cert_params = (
+            certificate.id,
+            certificate.serial,
+            certificate.account_id,
+            certificate.order_id,
+            codec.identifiers_to_json(certificate.identifiers),
+            codec.dumps(list(certificate.pem_chains)),
+            certificate.spki_sha256,
+            codec.to_us(certificate.not_before),
+            codec.to_us(certificate.not_after),
+            codec.to_us(certificate.issued_at),
+        )
 
-        def run(conn: SyncConnection) -> bool:
-            result = conn.execute(
-                update(orders)
-                .where(orders.c.id == order_id, orders.c.status == OrderStatus.PROCESSING)
-                .values(status=OrderStatus.VALID, certificate_id=certificate.id)
+        def run(sql: Sql) -> bool:
+            changed = sql.run(
+                "UPDATE orders SET status = ?, certificate_id = ? WHERE id = ? AND status = ?",
+                (OrderStatus.VALID, certificate.id, order_id, OrderStatus.PROCESSING),
             )
-            if result.rowcount != 1:
+            if changed != 1:
                 return False
-            conn.execute(
-                insert(certificates).values(
-                    id=certificate.id,
-                    serial=certificate.serial,
-                    account_id=certificate.account_id,
-                    order_id=certificate.order_id,
-                    identifiers=codec.identifiers_to_json(certificate.identifiers),
-                    pem_chains=codec.dumps(list(certificate.pem_chains)),
-                    spki_sha256=certificate.spki_sha256,
-                    not_before=codec.to_us(certificate.not_before),
-                    not_after=codec.to_us(certificate.not_after),
-                    issued_at=codec.to_us(certificate.issued_at),
-                )
+            sql.run(
+                "INSERT INTO certificates (id, serial, account_id, order_id, identifiers,"
+                " pem_chains, spki_sha256, not_before, not_after, issued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                cert_params,
             )
-            conn.execute(delete(jobs).where(jobs.c.kind == "issue", jobs.c.target_id == order_id))
+            sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
             return True
 
         try:
-            return await self._engines.writer.transaction(run)
+            return await self._db.write(run)
         except IntegrityError:
             return False
 
     async def fail_order(self, order_id: str, error: AcmeError) -> None:
-        async with self._engines.writer.begin() as conn:
-            await conn.execute(
-                update(orders)
-                .where(orders.c.id == order_id, orders.c.status == OrderStatus.PROCESSING)
-                .values(status=OrderStatus.INVALID, error=codec.error_to_json(error))
-            )
-            await conn.execute(
-                delete(jobs).where(jobs.c.kind == "issue", jobs.c.target_id == order_id)
-            )
+        params = (OrderStatus.INVALID, codec.error_to_json(error), order_id, OrderStatus.PROCESSING)
+
+        def run(sql: Sql) -> None:
+            sql.run("UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?", params)
+            sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
+
+        await self._db.write(run)
 
     # ---- revocation ----------------------------------------------------------
 
@@ -635,32 +579,31 @@ class Storage:
         self, cert_id: str, reason: RevocationReason, now: dt.datetime
     ) -> bool:
         """False if it was already revoked."""
-        async with self._engines.writer.begin() as conn:
-            result = await conn.execute(
-                update(certificates)
-                .where(certificates.c.id == cert_id, certificates.c.revoked_at.is_(None))
-                .values(revoked_at=codec.to_us(now), revocation_reason=int(reason))
+        params = (codec.to_us(now), int(reason), cert_id)
+        changed = await self._db.write(
+            lambda sql: sql.run(
+                "UPDATE certificates SET revoked_at = ?, revocation_reason = ?"
+                " WHERE id = ? AND revoked_at IS NULL",
+                params,
             )
-        return result.rowcount == 1
+        )
+        return bool(changed == 1)
 
     # ---- nonces --------------------------------------------------------------
 
     async def redeem_nonce(self, value: str, expires: dt.datetime) -> bool:
         """Record a nonce as used; False if it was used before (RFC 8555 §6.5)."""
         try:
-            await self._engines.writer.transaction(
-                _execute_sync, _INSERT_USED_NONCE, {"value": value, "expires": codec.to_us(expires)}
-            )
+            await self._db.write(_insert_nonce, value, codec.to_us(expires))
         except IntegrityError:
             return False
         return True
 
     async def purge_used_nonces(self, now: dt.datetime) -> int:
-        async with self._engines.writer.begin() as conn:
-            result = await conn.execute(
-                delete(used_nonces).where(used_nonces.c.expires < codec.to_us(now))
-            )
-        return result.rowcount
+        cutoff = codec.to_us(now)
+        return await self._db.write(
+            lambda sql: sql.run("DELETE FROM used_nonces WHERE expires < ?", (cutoff,))
+        )
 
     # ---- jobs ----------------------------------------------------------------
 
@@ -668,56 +611,60 @@ class Storage:
         self, *, now: dt.datetime, lease_until: dt.datetime, limit: int = 16
     ) -> list[tuple[str, str]]:
         """Jobs whose lease ran out (their process died), re-leased to the caller."""
-        query = (
-            select(jobs.c.kind, jobs.c.target_id, jobs.c.lease_until)
-            .where(jobs.c.lease_until < codec.to_us(now))
-            .limit(limit)
-        )
-        if self._for_update:
-            query = query.with_for_update(skip_locked=True)
-        claimed: list[tuple[str, str]] = []
-        async with self._engines.writer.begin() as conn:
-            for row in (await conn.execute(query)).all():
-                result = await conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.kind == row.kind,
-                        jobs.c.target_id == row.target_id,
-                        jobs.c.lease_until == row.lease_until,
-                    )
-                    .values(lease_until=codec.to_us(lease_until), attempts=jobs.c.attempts + 1)
+        now_us, lease_us = codec.to_us(now), codec.to_us(lease_until)
+
+        def run(sql: Sql) -> list[tuple[str, str]]:
+            claimed: list[tuple[str, str]] = []
+            rows = sql.all(_STALE_JOBS_PG if self._for_update else _STALE_JOBS, (now_us, limit))
+            for row in rows:
+                changed = sql.run(
+                    "UPDATE jobs SET lease_until = ?, attempts = attempts + 1"
+                    " WHERE kind = ? AND target_id = ? AND lease_until = ?",
+                    (lease_us, row["kind"], row["target_id"], row["lease_until"]),
                 )
-                if result.rowcount == 1:
-                    claimed.append((row.kind, row.target_id))
-        return claimed
+                if changed == 1:
+                    claimed.append((row["kind"], row["target_id"]))
+            return claimed
+
+        return await self._db.write(run)
 
     async def challenge_authz_id(self, challenge_id: str) -> str | None:
-        async with self._engines.reader.connect() as conn:
-            authz_id: str | None = (
-                await conn.execute(
-                    select(challenges.c.authz_id).where(challenges.c.id == challenge_id)
-                )
-            ).scalar_one_or_none()
-        return authz_id
+        row = await self._db.read(
+            _one, "SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,)
+        )
+        return row["authz_id"] if row is not None else None
 
     # ---- settings --------------------------------------------------------------
 
     async def get_or_create_setting(self, name: str, default: str) -> str:
         """The stored value, or `default` stored first by whichever process gets there first."""
-        async with self._engines.reader.connect() as conn:
-            value = (
-                await conn.execute(select(settings.c.value).where(settings.c.name == name))
-            ).scalar_one_or_none()
-        if value is not None:
-            return str(value)
-        try:
-            async with self._engines.writer.begin() as conn:
-                await conn.execute(insert(settings).values(name=name, value=default))
-        except IntegrityError:
-            pass
-        async with self._engines.reader.connect() as conn:
-            return str(
-                (
-                    await conn.execute(select(settings.c.value).where(settings.c.name == name))
-                ).scalar_one()
+        select_value = "SELECT value FROM settings WHERE name = ?"
+        row = await self._db.read(_one, select_value, (name,))
+        if row is not None:
+            return str(row["value"])
+        with contextlib.suppress(*IntegrityError):
+            await self._db.write(
+                lambda sql: sql.run(
+                    "INSERT INTO settings (name, value) VALUES (?, ?)", (name, default)
+                )
             )
+        row = await self._db.read(_one, select_value, (name,))
+        assert row is not None
+        return str(row["value"])
+
+
+def _insert_nonce(sql: Sql, value: str, expires: int) -> None:
+    sql.run("INSERT INTO used_nonces (value, expires) VALUES (?, ?)", (value, expires))
+
+
+def _all_valid(sql: Sql, authz_ids: Sequence[str], now: int) -> bool:
+    if not authz_ids:
+        return True
+    marks = ", ".join("?" * len(authz_ids))
+    row = sql.one(
+        f"SELECT count(*) AS n FROM authzs WHERE id IN ({marks})"  # noqa: S608 - only '?' marks
+        " AND (status <> ? OR expires <= ?)",
+        (*authz_ids, AuthzStatus.VALID, now),
+    )
+    assert row is not None
+    return int(row["n"]) == 0
