@@ -1,4 +1,4 @@
-"""The Starlette application: one route table, one wrapper for headers and errors.
+"""The ASGI application: one route table, one wrapper for headers and errors.
 
 Every handler is registered here with its methods. The wrapper adds `Replay-Nonce`,
 `Link: rel="index"` and `Cache-Control`, and is the one place where an `AcmeError`
@@ -10,25 +10,27 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from acme_ca.errors import AcmeError, ProblemType, server_internal
 from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
 from acme_ca.wfe.responses import problem_response
 
-__all__ = ["create_app"]
+__all__ = ["AcmeApp", "RouteSpec", "create_app"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[FrontEnd, Request], Awaitable[Response]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
@@ -82,7 +84,84 @@ def _method_not_allowed(allowed: str) -> AcmeError:
     )
 
 
-def create_app(fe: FrontEnd) -> Starlette:
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One entry of the route table: a Starlette-style path and the methods it answers."""
+
+    path: str
+    methods: frozenset[str]
+    """HEAD is answered wherever GET is (RFC 9110 §9.3.2)."""
+    endpoint: Callable[[Request], Awaitable[Response]]
+    segments: tuple[str, ...]
+
+
+def _route(
+    path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]
+) -> RouteSpec:
+    allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    return RouteSpec(
+        path=path,
+        methods=frozenset(allowed),
+        endpoint=endpoint,
+        segments=tuple(path.strip("/").split("/")),
+    )
+
+
+def _match(route: RouteSpec, parts: list[str]) -> dict[str, Any] | None:
+    params: dict[str, Any] = {}
+    for pattern, part in zip(route.segments, parts, strict=True):
+        if pattern.startswith("{"):
+            name, _, kind = pattern[1:-1].partition(":")
+            if not part or (kind == "int" and not part.isdigit()):
+                return None
+            params[name] = int(part) if kind == "int" else part
+        elif pattern != part:
+            return None
+    return params
+
+
+class AcmeApp:
+    """The ASGI application: one route table, dispatched by segment count.
+
+    Starlette's application and router wrap every request in two middlewares and
+    an exception-handling layer and try each route's regular expression in turn;
+    the endpoint wrapper here already turns every error into a problem document,
+    so dispatch is a dictionary lookup and a few segment comparisons.
+    """
+
+    def __init__(self, fe: FrontEnd, routes: list[RouteSpec]) -> None:
+        self._fe = fe
+        self.routes = routes
+        self._by_length: dict[int, list[RouteSpec]] = {}
+        for route in routes:
+            self._by_length.setdefault(len(route.segments), []).append(route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets are the composition root's business
+        parts = scope["path"].strip("/").split("/")
+        allowed: set[str] = set()
+        for route in self._by_length.get(len(parts), ()):
+            params = _match(route, parts)
+            if params is None:
+                continue
+            if scope["method"] in route.methods:
+                scope["path_params"] = params
+                response = await route.endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+            allowed |= route.methods
+        request = Request(scope, receive)
+        if allowed:
+            error = _method_not_allowed(", ".join(sorted(allowed)))
+        else:
+            error = AcmeError(type=ProblemType.NOT_FOUND, detail="Resource not found")
+        response = problem_response(error)
+        _add_common_headers(self._fe, request, response)
+        await response(scope, receive, send)
+
+
+def create_app(fe: FrontEnd) -> AcmeApp:
     post_only = ["POST"]
     routes_spec: list[tuple[str, Handler, list[str]]] = [
         ("/directory", accounts.directory, ["GET", "POST"]),
@@ -104,30 +183,11 @@ def create_app(fe: FrontEnd) -> Starlette:
         ("/acme/renewal-info/{cert_id}", renewal.renewal_info, ["GET"]),
     ]
     routes = [
-        Route(path, _endpoint(fe, handler), methods=methods)
-        for path, handler, methods in routes_spec
+        _route(path, _endpoint(fe, handler), methods) for path, handler, methods in routes_spec
     ]
     if _OPENAPI.exists():
-        routes.append(
-            Route(
-                "/openapi.yaml", _endpoint(fe, _openapi), methods=["GET"], include_in_schema=False
-            )
-        )
-
-    async def http_exception(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 405:
-            allowed = exc.headers.get("Allow", "POST") if exc.headers else "POST"
-            error = _method_not_allowed(allowed)
-        elif exc.status_code == 404:
-            error = AcmeError(type=ProblemType.NOT_FOUND, detail="Resource not found")
-        else:
-            error = AcmeError(type=ProblemType.MALFORMED, detail=exc.detail, status=exc.status_code)
-        response = problem_response(error)
-        _add_common_headers(fe, request, response)
-        return response
-
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_exception})
+        routes.append(_route("/openapi.yaml", _endpoint(fe, _openapi), ["GET"]))
+    return AcmeApp(fe, routes)
 
 
 async def _openapi(fe: FrontEnd, request: Request) -> Response:

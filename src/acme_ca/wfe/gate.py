@@ -65,9 +65,15 @@ class Gate:
         self._key_cache_size = key_cache_size
 
     def request_url(self, request: Request) -> str:
-        url = self._urls.base + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
+        # From the scope, as Starlette's `request.url` would, without building a URL object.
+        scope = request.scope
+        path = scope["path"]
+        if "?" in path or "#" in path or "\\" in path:
+            path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+        url = self._urls.base + path
+        query = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode()
         return url
 
     async def read_body(self, request: Request) -> bytes:
