@@ -10,8 +10,10 @@ committed together before the client hears of them.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.ca import CertificateProfile, check_csr
 from acme_ca.errors import AcmeError, ProblemType, server_internal, unauthorized
@@ -36,7 +38,19 @@ class IssuanceService:
             PolicyStore(ctx.storage.engines, ctx.clock), ctx.settings.rate_limits
         )
 
-    async def finalize(self, account: Account, order: Order, csr_der: bytes) -> Order:
+    async def finalize(
+        self,
+        account: Account,
+        order: Order,
+        csr_der: bytes,
+        *,
+        account_key: PublicKeyTypes | None = None,
+    ) -> Order:
+        """Check the CSR, issue, and return the order as it now is.
+
+        `account_key` is the account's public key when the caller has it already
+        (the front end verified the request with it).
+        """
         ctx = self._ctx
         if order.account_id != account.id:
             raise unauthorized("Order belongs to another account")
@@ -46,7 +60,8 @@ class IssuanceService:
                 type=ProblemType.ORDER_NOT_READY,
                 detail=f"Order is {order.status}, not ready; it cannot be finalized",
             )
-        account_key = public_key_of(import_public_jwk(account.jwk))
+        if account_key is None:
+            account_key = public_key_of(import_public_jwk(account.jwk))
         csr = check_csr(
             csr_der,
             identifiers=order.identifiers,
@@ -71,26 +86,31 @@ class IssuanceService:
                 type=ProblemType.ORDER_NOT_READY,
                 detail=f"Order is {status}, not ready; it cannot be finalized",
             )
-        await self.issue(order.id, csr=csr)
+        processing = replace(order, status=OrderStatus.PROCESSING, csr_der=csr_der)
+        issued = await self._issue(processing, serial, csr)
+        if issued is not None:
+            return issued
         final = await ctx.storage.get_order(order.id)
         assert final is not None
         return final
 
-    async def issue(
-        self, order_id: str, *, csr: x509.CertificateSigningRequest | None = None
-    ) -> None:
-        """Sign and store the certificate of a processing order; idempotent."""
+    async def issue(self, order_id: str) -> None:
+        """Sign and store the certificate of a processing order; idempotent (job resumption)."""
         ctx = self._ctx
         order = await ctx.storage.get_order(order_id)
         if order is None or order.status != OrderStatus.PROCESSING:
             return
         serial = await ctx.storage.get_order_serial(order_id)
-        if csr is None:
-            if order.csr_der is None:
-                await ctx.storage.fail_order(order_id, server_internal("Order lost its CSR"))
-                return
-            csr = x509.load_der_x509_csr(order.csr_der)
-        assert serial is not None
+        if order.csr_der is None or serial is None:
+            await ctx.storage.fail_order(order_id, server_internal("Order lost its CSR"))
+            return
+        await self._issue(order, serial, x509.load_der_x509_csr(order.csr_der))
+
+    async def _issue(
+        self, order: Order, serial: str, csr: x509.CertificateSigningRequest
+    ) -> Order | None:
+        """Sign with the recorded serial and store; the valid order, or None if not issued."""
+        ctx = self._ctx
         profile_name = order.profile or ctx.settings.default_profile
         profile = ctx.settings.profiles.get(profile_name, CertificateProfile())
         try:
@@ -105,12 +125,13 @@ class IssuanceService:
                 profile=profile,
             )
         except AcmeError as exc:
-            await ctx.storage.fail_order(order_id, exc)
-            return
+            await ctx.storage.fail_order(order.id, exc)
+            return None
         except Exception:
-            log.exception("issuance of order %s failed", order_id)
-            await ctx.storage.fail_order(order_id, server_internal("Issuance failed"))
-            return
+            log.exception("issuance of order %s failed", order.id)
+            await ctx.storage.fail_order(order.id, server_internal("Issuance failed"))
+            return None
+        now = ctx.clock.now()
         certificate = Certificate(
             id=new_id(),
             serial=serial,
@@ -121,13 +142,12 @@ class IssuanceService:
             spki_sha256=issued.spki_sha256,
             not_before=issued.not_before,
             not_after=issued.not_after,
-            issued_at=ctx.clock.now(),
+            issued_at=now,
         )
-        if await ctx.storage.finish_issuance(order_id, certificate):
-            log.info("issued serial %s for order %s", serial, order_id)
-            try:
-                await self._limits.record_issuance(
-                    order.account_id, order.identifiers, certificate.issued_at
-                )
-            except Exception:  # bookkeeping must not fail a certificate already issued
-                log.exception("rate-limit counters not updated for order %s", order_id)
+        # The rate-limit counters are bumped in the transaction that stores the
+        # certificate: counted exactly once, whichever process finishes the job.
+        counters = self._limits.issuance_counters(order.account_id, order.identifiers, now)
+        if not await ctx.storage.finish_issuance(order.id, certificate, counters=counters):
+            return None
+        log.info("issued serial %s for order %s", serial, order.id)
+        return replace(order, status=OrderStatus.VALID, certificate_id=certificate.id)

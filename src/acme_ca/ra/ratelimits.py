@@ -251,6 +251,24 @@ class RateLimiter:
     async def record_issuance(
         self, account_id: str, identifiers: Sequence[Identifier], now: dt.datetime
     ) -> None:
+        items = self._issuance_items(account_id, identifiers)
+        if items:
+            await self._bump(items, now)
+
+    def issuance_counters(
+        self, account_id: str, identifiers: Sequence[Identifier], now: dt.datetime
+    ) -> list[tuple[str, str, int]]:
+        """The (limit, key, bucket) counters one issuance adds, for the issuing transaction."""
+        return sorted(
+            {
+                (str(name), key[:255], self._bucket(limit, now))
+                for name, limit, key in self._issuance_items(account_id, identifiers)
+            }
+        )
+
+    def _issuance_items(
+        self, account_id: str, identifiers: Sequence[Identifier]
+    ) -> list[tuple[LimitName, Limit, str]]:
         items: list[tuple[LimitName, Limit, str]] = []
         duplicate = self._limits.limit(LimitName.DUPLICATE_CERTIFICATES, account_id)
         if duplicate is not None:
@@ -261,8 +279,7 @@ class RateLimiter:
                 (LimitName.CERTIFICATES_PER_DOMAIN, per_domain, domain)
                 for domain in {registered_domain(i) for i in identifiers}
             )
-        if items:
-            await self._bump(items, now)
+        return items
 
     async def purge(self, now: dt.datetime) -> int:
         """Drop counter rows older than the longest period in force (at most every 10 min)."""

@@ -20,7 +20,7 @@ from acme_ca.model import Authorization, AuthzStatus
 from acme_ca.storage import codec
 from acme_ca.storage.engine import Engines
 from acme_ca.storage.schema import eab_keys, rate_counters
-from acme_ca.storage.store import insert_authzs
+from acme_ca.storage.store import UPSERT_COUNTER, insert_authzs
 
 __all__ = ["CounterTotal", "EabKey", "PolicyStore", "WindowCount"]
 
@@ -71,10 +71,6 @@ _ACCOUNT_ACTIVITY = (
     "    ORDER BY created_at DESC LIMIT ?) AS recent) AS o,"
     " (SELECT count(*) AS n, min(expires) AS first FROM authzs"
     "   WHERE account_id = ? AND status = ? AND expires > ?) AS p"
-)
-_UPSERT_COUNTER = (
-    "INSERT INTO rate_counters (name, key, bucket, count) VALUES (?, ?, ?, 1)"
-    " ON CONFLICT (name, key, bucket) DO UPDATE SET count = rate_counters.count + 1"
 )
 
 
@@ -170,7 +166,7 @@ class PolicyStore:
         rows = [(n, k[:255], bucket) for n, k in sorted(set(items))]
         if rows:
             # One unit of work: this runs on every issuance and failed validation.
-            await self._engines.db.write(lambda sql: sql.many(_UPSERT_COUNTER, rows))
+            await self._engines.db.write(lambda sql: sql.many(UPSERT_COUNTER, rows))
 
     async def counter_totals(
         self, queries: Sequence[tuple[str, str, int]]

@@ -67,6 +67,11 @@ _ORDERS_OF_AUTHZ = (
 _ORDERS_OF_AUTHZ_PG = _ORDERS_OF_AUTHZ + " FOR UPDATE OF orders"
 _STALE_JOBS = "SELECT kind, target_id, lease_until FROM jobs WHERE lease_until < ? LIMIT ?"
 _STALE_JOBS_PG = _STALE_JOBS + " FOR UPDATE SKIP LOCKED"
+UPSERT_COUNTER = (
+    "INSERT INTO rate_counters (name, key, bucket, count) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT (name, key, bucket) DO UPDATE SET count = rate_counters.count + 1"
+)
+"""Add one event to a rate-limit counter (shared with the policy store)."""
 _INSERT_JOB = "INSERT INTO jobs (kind, target_id, lease_until, attempts) VALUES (?, ?, ?, 1)"
 
 
@@ -528,8 +533,18 @@ class Storage:
         row = await self._db.read(_one, "SELECT serial FROM orders WHERE id = ?", (order_id,))
         return row["serial"] if row is not None else None
 
-    async def finish_issuance(self, order_id: str, certificate: Certificate) -> bool:
-        """Store the certificate and make the order valid; False if another worker did."""
+    async def finish_issuance(
+        self,
+        order_id: str,
+        certificate: Certificate,
+        *,
+        counters: Sequence[tuple[str, str, int]] = (),
+    ) -> bool:
+        """Store the certificate and make the order valid; False if another worker did.
+
+        `counters` (limit name, key, bucket) are rate-limit counters bumped in the
+        same transaction.
+        """
         cert_params = (
             certificate.id,
             certificate.serial,
@@ -557,6 +572,7 @@ class Storage:
                 cert_params,
             )
             sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
+            sql.many(UPSERT_COUNTER, counters)
             return True
 
         try:

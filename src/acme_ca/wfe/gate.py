@@ -67,7 +67,7 @@ class Gate:
     def request_url(self, request: Request) -> str:
         # From the scope, as Starlette's `request.url` would, without building a URL object.
         scope = request.scope
-        path = scope["path"]
+        path: str = scope["path"]
         if "?" in path or "#" in path or "\\" in path:
             path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
         url = self._urls.base + path

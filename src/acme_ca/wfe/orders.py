@@ -75,7 +75,9 @@ async def finalize(fe: FrontEnd, request: Request) -> Response:
     account = verified.require_account()
     found = await _own_order(fe, account, request.path_params["order_id"])
     req = parse_finalize(verified.jws.payload_json())
-    finished = await fe.ra.issuance.finalize(account, found, req.csr_der)
+    finished = await fe.ra.issuance.finalize(
+        account, found, req.csr_der, account_key=public_key_of(verified.key)
+    )
     return _order_response(fe, finished)
 
 
