@@ -2,7 +2,8 @@
 
 A nonce is self-authenticating: random bytes and an expiry, MACed with a key kept in
 the database, so issuing one costs no write. Redeeming one records it in the
-`used_nonces` table, whose primary key makes a second redemption fail, whichever
+`used_nonces` table (on SQLite, a side file bound to the machine's boot: see
+`storage.nonce_log`), whose primary key makes a second redemption fail, whichever
 process it reaches. Nothing but the database is shared.
 """
 
@@ -47,7 +48,12 @@ class NonceService:
         encoded = await storage.get_or_create_setting(
             KEY_SETTING, base64.b64encode(secrets.token_bytes(32)).decode("ascii")
         )
-        return cls(storage, clock, base64.b64decode(encoded), lifetime)
+        key = base64.b64decode(encoded)
+        scope = storage.nonce_scope
+        if scope:
+            # Nonces die with what remembers their redemptions (storage.nonce_log).
+            key = hmac.new(key, b"nonce-key:" + scope, hashlib.sha256).digest()
+        return cls(storage, clock, key, lifetime)
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]

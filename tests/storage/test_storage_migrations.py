@@ -148,7 +148,10 @@ async def test_upgrade_keeps_existing_data(engines: Engines) -> None:
     assert authz is not None
     assert authz.status == AuthzStatus.PENDING
     assert [c.status for c in authz.challenges] == [ChallengeStatus.PENDING]
-    assert not await store.redeem_nonce("nonce1", NOW)
+    if not store.nonce_scope:
+        assert not await store.redeem_nonce("nonce1", NOW)
+    # On SQLite redemptions moved to the nonce log and the nonce key is bound to the
+    # boot (storage.nonce_log): a nonce issued before the upgrade fails its MAC.
     assert await store.get_or_create_setting("nonce_hmac_key", "other") == "a2V5"
     # The migrated database takes new writes as usual.
     assert await store.start_challenge("authz1", "chall1", lease_until=NOW)

@@ -26,7 +26,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -34,7 +33,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
-__all__ = ["Database", "IntegrityError", "Row", "Sql", "lock_with_deadline"]
+from acme_ca.storage.nonce_log import SqliteNonceLog
+from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, connect_sqlite, lock_with_deadline
+
+__all__ = ["Database", "IntegrityError", "Row", "Sql"]
 
 T = TypeVar("T")
 Row = Any
@@ -42,8 +44,6 @@ Row = Any
 
 IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
-# As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
-LOCK_WAIT_SECONDS = 30.0
 _MAX_BATCH = 256
 
 
@@ -90,43 +90,6 @@ def _pg_text(sql: str) -> str:
         assert "%" not in sql
         text = _PG_TEXT[sql] = sql.replace("?", "%s")
     return text
-
-
-def lock_with_deadline(fd: int, seconds: float) -> None:
-    """Take the exclusive lock, waiting at most `seconds`: never hang forever."""
-    deadline = time.monotonic() + seconds
-    delay = 0.0002
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise sqlite3.OperationalError("database is locked (writer lock)") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
-
-
-def connect_sqlite(path: str, *, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=LOCK_WAIT_SECONDS, check_same_thread=False)
-    conn.isolation_level = None  # we emit BEGIN ourselves
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        # On a new file, connections of several processes race for WAL and the losers
-        # get "database is locked" at once (this does not wait on the busy handler).
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                conn.close()
-                raise
-            time.sleep(0.01)
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
 
 
 _Item = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
@@ -263,8 +226,10 @@ class Database:
             if self.postgres
             else None
         )
+        self.nonce_log: SqliteNonceLog | None = None
         if sqlite_path is not None:
             self._writer = _GroupWriter(sqlite_path, synchronous=sqlite_synchronous)
+            self.nonce_log = SqliteNonceLog(sqlite_path)
 
     # ---- SQLite ------------------------------------------------------------------
 
@@ -350,6 +315,8 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self.nonce_log is not None:
+            self.nonce_log.close()
         with self._pool_lock:
             for conn in self._all:
                 conn.close()

@@ -22,8 +22,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from acme_ca.storage.database import LOCK_WAIT_SECONDS, Database, lock_with_deadline
+from acme_ca.storage.database import Database
 from acme_ca.storage.executor import AsyncishEngine
+from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, lock_with_deadline
 
 __all__ = ["Engines", "create_engines", "is_sqlite", "normalize_url", "sqlite_url"]
 

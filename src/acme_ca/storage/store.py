@@ -31,6 +31,7 @@ from acme_ca.model import (
 from acme_ca.storage import codec
 from acme_ca.storage.database import Database, IntegrityError, Row, Sql
 from acme_ca.storage.engine import Engines
+from acme_ca.storage.nonce_log import boot_id
 
 __all__ = ["Storage", "StorageReader"]
 
@@ -607,8 +608,15 @@ class Storage:
 
     # ---- nonces --------------------------------------------------------------
 
+    @property
+    def nonce_scope(self) -> bytes:
+        """What the nonce MAC key is bound to besides the stored key (`nonce_log`)."""
+        return b"sqlite-boot:" + boot_id() if self._db.nonce_log is not None else b""
+
     async def redeem_nonce(self, value: str, expires: dt.datetime) -> bool:
         """Record a nonce as used; False if it was used before (RFC 8555 §6.5)."""
+        if self._db.nonce_log is not None:
+            return self._db.nonce_log.redeem(value, codec.to_us(expires))
         try:
             await self._db.write(_insert_nonce, value, codec.to_us(expires))
         except IntegrityError:
@@ -617,6 +625,8 @@ class Storage:
 
     async def purge_used_nonces(self, now: dt.datetime) -> int:
         cutoff = codec.to_us(now)
+        if self._db.nonce_log is not None:
+            return self._db.nonce_log.purge(cutoff)
         return await self._db.write(
             lambda sql: sql.run("DELETE FROM used_nonces WHERE expires < ?", (cutoff,))
         )

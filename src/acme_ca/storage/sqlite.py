@@ -1,0 +1,49 @@
+"""SQLite connections and the cross-process writer lock, shared by every SQLite user here."""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+import time
+
+__all__ = ["LOCK_WAIT_SECONDS", "connect_sqlite", "lock_with_deadline"]
+
+# As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
+LOCK_WAIT_SECONDS = 30.0
+
+
+def lock_with_deadline(fd: int, seconds: float) -> None:
+    """Take the exclusive lock, waiting at most `seconds`: never hang forever."""
+    deadline = time.monotonic() + seconds
+    delay = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError("database is locked (writer lock)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+
+def connect_sqlite(path: str, *, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=LOCK_WAIT_SECONDS, check_same_thread=False)
+    conn.isolation_level = None  # we emit BEGIN ourselves
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        # On a new file, connections of several processes race for WAL and the losers
+        # get "database is locked" at once (this does not wait on the busy handler).
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
