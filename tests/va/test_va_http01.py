@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 from collections.abc import AsyncIterator
@@ -281,3 +282,156 @@ async def test_slow_server_hits_total_timeout(server: HttpServer) -> None:
     assert result.error.type == ProblemType.CONNECTION
     assert "Timeout" in result.error.detail
     assert result.records[0]["addressUsed"] == "127.0.0.1"
+
+
+# --- framings HttpServer does not send: raw responses from a tiny asyncio server ------------
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(*chunks: bytes) -> AsyncIterator[tuple[VAConfig, list[bytes]]]:
+    """Answers each connection with `chunks` (one write each), then closes it.
+
+    Yields a config pointing http-01 at it and the request heads received.
+    """
+    heads: list[bytes] = []
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(0.01)  # separate segments, to exercise reassembly
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = VAConfig(
+        http01_port=port, allow_private_addresses=True, connect_timeout=2.0, total_timeout=5.0
+    )
+    try:
+        yield config, heads
+    finally:
+        server.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_request_head_is_exact() -> None:
+    body = KEY_AUTH.encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    async with _raw_server(head + body) as (config, heads):
+        result = await _validate(config)
+    assert result.error is None, result.error
+    assert heads == [
+        f"GET {CHALLENGE_PATH} HTTP/1.1\r\n"
+        "Host: example.com\r\n"
+        "User-Agent: acme-ca-va (+RFC 8555 http-01)\r\n"
+        "Accept: */*\r\n"
+        "Accept-Encoding: identity\r\n"
+        "Connection: close\r\n"
+        "\r\n".encode()
+    ]
+
+
+async def test_chunked_body() -> None:
+    body = KEY_AUTH.encode()
+    async with _raw_server(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"%x\r\n%s\r\n" % (10, body[:10]),
+        b"%x\r\n%s\r\n" % (len(body) - 10, body[10:]),
+        b"0\r\n\r\n",
+    ) as (config, _):
+        result = await _validate(config)
+    assert result.error is None, result.error
+
+
+async def test_chunked_body_is_bounded_by_decoded_size() -> None:
+    chunk = b"%x\r\n%s\r\n" % (600, b"a" * 600)
+    async with _raw_server(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", chunk, chunk, b"0\r\n\r\n"
+    ) as (config, _):
+        result = await _validate(dataclasses.replace(config, max_body_bytes=1024))
+    assert result.error is not None
+    assert result.error.type == ProblemType.UNAUTHORIZED
+    assert result.error.detail.endswith("body larger than 1024 bytes")
+
+
+async def test_close_delimited_body() -> None:
+    # No Content-Length and not chunked: the body ends where the connection does.
+    body = KEY_AUTH.encode()
+    async with _raw_server(b"HTTP/1.1 200 OK\r\n\r\n", body[:20], body[20:] + b"\n") as (
+        config,
+        _,
+    ):
+        result = await _validate(config)
+    assert result.error is None, result.error
+
+
+async def test_interim_response_is_skipped() -> None:
+    body = KEY_AUTH.encode()
+    async with _raw_server(
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+    ) as (config, _):
+        result = await _validate(config)
+    assert result.error is None, result.error
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\nshort",  # EOF before the end
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Le",  # EOF in the headers
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP
+        b"",
+    ],
+)
+async def test_broken_response_is_connection_problem(response: bytes) -> None:
+    async with _raw_server(response) as (config, _):
+        result = await _validate(config)
+    assert result.error is not None
+    assert result.error.type == ProblemType.CONNECTION
+    assert result.error.detail == (
+        f"Error getting validation data from http://example.com{CHALLENGE_PATH}"
+    )
+
+
+async def test_endless_header_is_refused() -> None:
+    # Headers that never end are bounded by the bytes received, not by a complete line.
+    async with _raw_server(b"HTTP/1.1 200 OK\r\nX-Big: ", *[b"a" * 4096] * 4) as (config, _):
+        result = await _validate(dataclasses.replace(config, max_header_bytes=4096))
+    assert result.error is not None
+    assert result.error.type == ProblemType.UNAUTHORIZED
+    assert result.error.detail.endswith("headers larger than 4096 bytes")
+
+
+async def test_redirect_path_is_percent_encoded_on_the_wire(server: HttpServer) -> None:
+    server.routes[CHALLENGE_PATH] = Route(status=302, headers=[("Location", "/a b/./c?q=x y")])
+    server.routes["/a%20b/c?q=x%20y"] = Route(body=KEY_AUTH.encode())
+    result = await _validate(_config(server))
+    assert result.error is None, result.error
+    assert server.requests[1].path == "/a%20b/c?q=x%20y"
+
+
+async def test_redirect_to_https_ip_literal_sends_no_sni(
+    server: HttpServer, tmp_path: Path
+) -> None:
+    cert = make_cert(tmp_path, names=[x509.DNSName("not-the-name.invalid")])
+    async with HttpServer(server_context(cert)) as https:
+        https.routes["/secure"] = Route(body=KEY_AUTH.encode())
+        server.routes[CHALLENGE_PATH] = Route(
+            status=302, headers=[("Location", "https://127.0.0.1/secure")]
+        )
+        result = await _validate(_config(server, tlsalpn01_port=https.port))
+        assert result.error is None, result.error
+        assert https.sni == [None]
+        assert https.requests[0].host == "127.0.0.1"
