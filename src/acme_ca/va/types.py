@@ -60,6 +60,8 @@ class VAConfig:
     """(host, port) of the recursive resolver; None uses the system's."""
     dns_timeout: float = 5.0
     """Lifetime of one DNS lookup, retries included."""
+    dns_cache_max_ttl: float = 60.0
+    """Longest time (seconds) a DNS answer is reused, whatever its TTL; 0 disables caching."""
     connect_timeout: float = 5.0
     total_timeout: float = 20.0
     """Bound on one whole validation, every hop and lookup included."""
