@@ -4,7 +4,7 @@ SQLAlchemy (schema, Alembic, cold paths) costs 20-40 µs of Python per statement
 around a 3-10 µs SQLite statement; the request path runs 30-40 statements per
 issuance, so the store's hot queries are plain SQL on the drivers' own connections
 (sqlite3, psycopg 3), written once with `?` placeholders (rewritten to `%s` for
-psycopg). A unit of work is a function `fn(sql: Sql, *args)` run in one go:
+psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 
 - SQLite reads run inline on the event-loop thread on one connection (WAL readers
   never wait on writers; a read is a few microseconds).
@@ -13,8 +13,9 @@ psycopg). A unit of work is a function `fn(sql: Sql, *args)` run in one go:
   own savepoint, and all of them become durable with one `synchronous=FULL` commit
   before any caller hears back. Durability is kept; the fsync is shared. Writers of
   all processes (and the SQLAlchemy writer of this one) queue on the same file lock.
-- PostgreSQL runs every unit on a pool of threads, one connection each; PostgreSQL
-  shares the WAL flush of concurrent commits itself.
+- PostgreSQL runs every unit on the event loop with psycopg's asynchronous
+  connections from a small pool (measured: 53 µs of CPU per statement, against 129 µs
+  through a thread pool); PostgreSQL shares the WAL flush of concurrent commits itself.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -48,7 +48,12 @@ _MAX_BATCH = 256
 
 
 class Sql:
-    """One DBAPI connection for the length of one unit of work."""
+    """One connection for the length of one unit of work; every method is awaited.
+
+    On SQLite the methods never suspend (the driver is synchronous), so the writer
+    thread drives a unit with `drive` and readers await it without a context switch.
+    On PostgreSQL they are psycopg's asynchronous calls.
+    """
 
     __slots__ = ("_conn", "postgres")
 
@@ -56,28 +61,48 @@ class Sql:
         self._conn = conn
         self.postgres = postgres
 
-    def _text(self, sql: str) -> str:
-        return _pg_text(sql) if self.postgres else sql
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        if self.postgres:
+            cursor = await self._conn.execute(_pg_text(sql), params)
+            return await cursor.fetchone()
+        return self._conn.execute(sql, params).fetchone()
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        return self._conn.execute(self._text(sql), params).fetchone()
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if self.postgres:
+            cursor = await self._conn.execute(_pg_text(sql), params)
+            return list(await cursor.fetchall())
+        return list(self._conn.execute(sql, params).fetchall())
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self._conn.execute(self._text(sql), params).fetchall())
-
-    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute; the number of rows changed."""
-        rowcount: int = self._conn.execute(self._text(sql), params).rowcount
+        if self.postgres:
+            cursor = await self._conn.execute(_pg_text(sql), params)
+        else:
+            cursor = self._conn.execute(sql, params)
+        rowcount: int = cursor.rowcount
         return rowcount
 
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
         if self.postgres:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(_pg_text(sql), rows)
+            async with self._conn.cursor() as cursor:
+                await cursor.executemany(_pg_text(sql), rows)
         else:
             self._conn.executemany(sql, rows)
+
+
+Unit = Callable[..., Coroutine[Any, Any, T]]
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a unit of work that never suspends (SQLite) to its end, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a SQLite unit of work suspended")
 
 
 _PG_TEXT: dict[str, str] = {}
@@ -92,7 +117,7 @@ def _pg_text(sql: str) -> str:
     return text
 
 
-_Item = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
+_Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
 
 
 class _GroupWriter:
@@ -107,7 +132,7 @@ class _GroupWriter:
         self._thread = threading.Thread(target=self._loop, name="acme-db-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+    def submit(self, fn: Unit[T], args: tuple[Any, ...]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, args, future, loop))
@@ -152,14 +177,14 @@ class _GroupWriter:
             outcomes: list[tuple[bool, Any]] = []
             if len(batch) == 1:
                 fn, args, _, _ = batch[0]
-                outcomes.append((True, fn(sql, *args)))
+                outcomes.append((True, drive(fn(sql, *args))))
             else:
                 for fn, args, _, _ in batch:
                     # Each write in its own savepoint: one that fails leaves no trace
                     # and does not undo the others.
                     conn.execute("SAVEPOINT unit")
                     try:
-                        outcomes.append((True, fn(sql, *args)))
+                        outcomes.append((True, drive(fn(sql, *args))))
                     except Exception as exc:
                         conn.execute("ROLLBACK TO unit")
                         outcomes.append((False, exc))
@@ -216,16 +241,10 @@ class Database:
         self._sqlite_path = sqlite_path
         self._synchronous = sqlite_synchronous
         self._dsn = postgres_dsn
-        self._pool: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
-        self._all: list[psycopg.Connection[Any]] = []
-        self._pool_lock = threading.Lock()
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._pool_size = pool_size
-        self._slots = asyncio.Semaphore(pool_size)
-        self._executor = (
-            ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="acme-pg")
-            if self.postgres
-            else None
-        )
+        self._slots: asyncio.Semaphore | None = None
         self.nonce_log: SqliteNonceLog | None = None
         if sqlite_path is not None:
             self._writer = _GroupWriter(sqlite_path, synchronous=sqlite_synchronous)
@@ -241,72 +260,74 @@ class Database:
 
     # ---- PostgreSQL --------------------------------------------------------------
 
-    def _checkout(self) -> psycopg.Connection[Any]:
-        try:
-            conn = self._pool.get_nowait()
-        except queue.Empty:
-            assert self._dsn is not None
-            conn = psycopg.connect(self._dsn, autocommit=True, row_factory=dict_row)
-            with self._pool_lock:
-                self._all.append(conn)
-            return conn
-        if conn.closed or conn.broken:
-            with self._pool_lock:
-                self._all.remove(conn)
-            return self._checkout()
-        return conn
+    def _pool_slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._pool_loop is not loop or self._slots is None:
+            # Connections belong to the loop that opened them.
+            for conn in self._idle:
+                conn.pgconn.finish()
+            self._idle.clear()
+            self._pool_loop = loop
+            self._slots = asyncio.Semaphore(self._pool_size)
+        return self._slots
 
-    def _pg_unit(self, fn: Callable[..., T], args: tuple[Any, ...], *, write: bool) -> T:
-        conn = self._checkout()
-        try:
-            sql = Sql(conn, postgres=True)
-            if not write:
-                return fn(sql, *args)
-            with conn.transaction():
-                return fn(sql, *args)
-        except psycopg.OperationalError:
-            # A broken connection is dropped, not pooled again.
-            with self._pool_lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-            conn.close()
-            raise
-        finally:
-            if not conn.closed:
-                self._pool.put(conn)
-
-    async def _on_pool(self, fn: Callable[..., T], args: tuple[Any, ...], *, write: bool) -> T:
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, lambda: self._pg_unit(fn, args, write=write)
-            )
+    async def _on_pool(self, fn: Unit[T], args: tuple[Any, ...], *, transaction: bool) -> T:
+        async with self._pool_slots():
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                assert self._dsn is not None
+                conn = await psycopg.AsyncConnection.connect(
+                    self._dsn, autocommit=True, row_factory=dict_row
+                )
+            healthy = False
+            try:
+                if not transaction:
+                    result = await fn(Sql(conn, postgres=True), *args)
+                else:
+                    await conn.execute("BEGIN")
+                    try:
+                        result = await fn(Sql(conn, postgres=True), *args)
+                    except BaseException:
+                        await conn.execute("ROLLBACK")
+                        raise
+                    await conn.execute("COMMIT")
+                healthy = True
+                return result
+            except psycopg.Error:
+                # An SQL error leaves the connection usable; a broken one is dropped.
+                healthy = not conn.broken and not conn.closed
+                raise
+            finally:
+                if healthy and conn.pgconn.transaction_status == _IDLE:
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
 
     # ---- the API -----------------------------------------------------------------
 
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(sql, *args)` on a connection; several statements see one snapshot."""
+    async def read(self, fn: Unit[T], *args: Any) -> T:
+        """`fn(sql, *args)` on a connection, each statement on its own snapshot."""
         if self.postgres:
-            return await self._on_pool(fn, args, write=False)
-        conn = self._sqlite_reader()
-        return fn(Sql(conn, postgres=False), *args)
+            return await self._on_pool(fn, args, transaction=False)
+        return await fn(Sql(self._sqlite_reader(), postgres=False), *args)
 
-    async def read_consistent(self, fn: Callable[..., T], *args: Any) -> T:
+    async def read_consistent(self, fn: Unit[T], *args: Any) -> T:
         """Like `read`, inside one read transaction (one snapshot for all statements)."""
         if self.postgres:
-            return await self._on_pool(fn, args, write=True)
+            return await self._on_pool(fn, args, transaction=True)
         conn = self._sqlite_reader()
         conn.execute("BEGIN")
         try:
-            return fn(Sql(conn, postgres=False), *args)
+            return drive(fn(Sql(conn, postgres=False), *args))
         finally:
             conn.execute("COMMIT")
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def write(self, fn: Unit[T], *args: Any) -> T:
         """`fn(sql, *args)` in a transaction, durable when this returns; all or nothing."""
         if self._writer is not None:
             return await self._writer.submit(fn, args)
-        return await self._on_pool(fn, args, write=True)
+        return await self._on_pool(fn, args, transaction=True)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -317,9 +338,9 @@ class Database:
             self._reader = None
         if self.nonce_log is not None:
             self.nonce_log.close()
-        with self._pool_lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE

@@ -76,20 +76,20 @@ UPSERT_COUNTER = (
 _INSERT_JOB = "INSERT INTO jobs (kind, target_id, lease_until, attempts) VALUES (?, ?, ?, 1)"
 
 
-def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
-    return sql.one(text, params)
+async def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
+    return await sql.one(text, params)
 
 
-def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
-    row = sql.one(_AUTHZ_BY_ID, (authz_id,))
+async def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
+    row = await sql.one(_AUTHZ_BY_ID, (authz_id,))
     if row is None:
         return None
-    return row, sql.all(_CHALLENGES_OF_AUTHZ, (authz_id,))
+    return row, await sql.all(_CHALLENGES_OF_AUTHZ, (authz_id,))
 
 
-def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
+async def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
     """Insert authorizations with their challenges (shared with the policy store)."""
-    sql.many(
+    await sql.many(
         _INSERT_AUTHZ,
         [
             (
@@ -105,7 +105,7 @@ def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
             for a in new_authzs
         ],
     )
-    sql.many(
+    await sql.many(
         _INSERT_CHALLENGE,
         [(c.id, a.id, c.type, c.token, c.status) for a in new_authzs for c in a.challenges],
     )
@@ -177,14 +177,16 @@ class Storage:
     ) -> tuple[Authorization, Account] | None:
         """The authorization of a challenge and the account that owns it, in one read."""
 
-        def run(sql: Sql) -> tuple[tuple[Row, list[Row]], Row] | None:
-            chall = sql.one("SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,))
+        async def run(sql: Sql) -> tuple[tuple[Row, list[Row]], Row] | None:
+            chall = await sql.one("SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,))
             if chall is None:
                 return None
-            found = _authz_rows(sql, chall["authz_id"])
+            found = await _authz_rows(sql, chall["authz_id"])
             if found is None:
                 return None
-            account = sql.one("SELECT * FROM accounts WHERE id = ?", (found[0]["account_id"],))
+            account = await sql.one(
+                "SELECT * FROM accounts WHERE id = ?", (found[0]["account_id"],)
+            )
             return (found, account) if account is not None else None
 
         got = await self._db.read_consistent(run)
@@ -205,8 +207,8 @@ class Storage:
     ) -> Authorization | None:
         """A valid or pending authz of this account for the identifier, alive past `valid_after`."""
 
-        def run(sql: Sql) -> tuple[Row, list[Row]] | None:
-            row = sql.one(
+        async def run(sql: Sql) -> tuple[Row, list[Row]] | None:
+            row = await sql.one(
                 "SELECT id FROM authzs WHERE account_id = ? AND identifier_type = ?"
                 " AND identifier_value = ? AND wildcard = ? AND status IN (?, ?) AND expires > ?"
                 # Prefer valid over pending, then the longest-lived.
@@ -221,7 +223,7 @@ class Storage:
                     codec.to_us(valid_after),
                 ),
             )
-            return _authz_rows(sql, row["id"]) if row is not None else None
+            return await _authz_rows(sql, row["id"]) if row is not None else None
 
         found = await self._db.read_consistent(run)
         return self._authz(found) if found is not None else None
@@ -231,9 +233,9 @@ class Storage:
     ) -> bool:
         """Whether the account holds a live valid authz for each identifier (RFC 8555 §7.6)."""
 
-        def run(sql: Sql) -> bool:
+        async def run(sql: Sql) -> bool:
             for identifier in identifiers:
-                row = sql.one(
+                row = await sql.one(
                     "SELECT id FROM authzs WHERE account_id = ? AND identifier_type = ?"
                     " AND identifier_value = ? AND status = ? AND expires > ? LIMIT 1",
                     (
@@ -304,12 +306,12 @@ class Storage:
     async def deactivate_account(self, account_id: str) -> None:
         """RFC 8555 §7.3.6: also deactivates the account's pending authorizations."""
 
-        def run(sql: Sql) -> None:
-            sql.run(
+        async def run(sql: Sql) -> None:
+            await sql.run(
                 "UPDATE accounts SET status = ? WHERE id = ?",
                 (AccountStatus.DEACTIVATED, account_id),
             )
-            sql.run(
+            await sql.run(
                 "UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
                 (AuthzStatus.DEACTIVATED, account_id, AuthzStatus.PENDING),
             )
@@ -349,16 +351,16 @@ class Storage:
             codec.to_us(order.created_at),
         )
 
-        def run(sql: Sql) -> None:
+        async def run(sql: Sql) -> None:
             if new_authzs:
-                insert_authzs(sql, new_authzs)
-            sql.run(
+                await insert_authzs(sql, new_authzs)
+            await sql.run(
                 "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
                 " not_before, not_after, error, certificate_id, profile, replaces, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
                 params,
             )
-            sql.many(
+            await sql.many(
                 "INSERT INTO order_authzs (order_id, authz_id) VALUES (?, ?)",
                 [(order.id, a) for a in order.authz_ids],
             )
@@ -371,9 +373,9 @@ class Storage:
         """pending → processing and enqueue the validation job, atomically; False if not pending."""
         now = codec.to_us(self._clock.now())
 
-        def run(sql: Sql) -> bool:
+        async def run(sql: Sql) -> bool:
             if (
-                sql.one(
+                await sql.one(
                     "SELECT id FROM authzs WHERE id = ? AND status = ? AND expires > ?",
                     (authz_id, AuthzStatus.PENDING, now),
                 )
@@ -382,20 +384,20 @@ class Storage:
                 return False
             # RFC 8555 §7.1.6: only one challenge of an authz is attempted at a time.
             if (
-                sql.one(
+                await sql.one(
                     "SELECT id FROM challenges WHERE authz_id = ? AND status <> ? LIMIT 1",
                     (authz_id, ChallengeStatus.PENDING),
                 )
                 is not None
             ):
                 return False
-            changed = sql.run(
+            changed = await sql.run(
                 "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?",
                 (ChallengeStatus.PROCESSING, challenge_id, authz_id, ChallengeStatus.PENDING),
             )
             if changed != 1:
                 return False
-            sql.run(_INSERT_JOB, ("validate", challenge_id, codec.to_us(lease_until)))
+            await sql.run(_INSERT_JOB, ("validate", challenge_id, codec.to_us(lease_until)))
             return True
 
         return await self._db.write(run)
@@ -422,39 +424,43 @@ class Storage:
         )
         now_us = codec.to_us(self._clock.now())
 
-        def run(sql: Sql) -> None:
-            changed = sql.run(
+        async def run(sql: Sql) -> None:
+            changed = await sql.run(
                 "UPDATE challenges SET status = ?, validated = ?, error = ?, validation_record = ?"
                 " WHERE id = ? AND status = ?",
                 challenge_params,
             )
-            sql.run("DELETE FROM jobs WHERE kind = 'validate' AND target_id = ?", (challenge_id,))
+            await sql.run(
+                "DELETE FROM jobs WHERE kind = 'validate' AND target_id = ?", (challenge_id,)
+            )
             if changed != 1:
                 return  # already finished by another worker
             if valid:
-                sql.run(
+                await sql.run(
                     "UPDATE authzs SET status = ?, expires = ? WHERE id = ? AND status = ?",
                     (AuthzStatus.VALID, codec.to_us(valid_until), authz_id, AuthzStatus.PENDING),
                 )
             else:
-                sql.run(
+                await sql.run(
                     "UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                     (AuthzStatus.INVALID, authz_id, AuthzStatus.PENDING),
                 )
-            self._settle_orders(sql, authz_id, error, now_us)
+            await self._settle_orders(sql, authz_id, error, now_us)
 
         await self._db.write(run)
 
-    def _settle_orders(self, sql: Sql, authz_id: str, error: AcmeError | None, now: int) -> None:
+    async def _settle_orders(
+        self, sql: Sql, authz_id: str, error: AcmeError | None, now: int
+    ) -> None:
         """Move pending orders that use `authz_id` to ready or invalid."""
         # FOR UPDATE (PostgreSQL): serialize with a validation of the order's other authz.
-        rows = sql.all(
+        rows = await sql.all(
             _ORDERS_OF_AUTHZ_PG if self._for_update else _ORDERS_OF_AUTHZ,
             (authz_id, OrderStatus.PENDING),
         )
         for order_row in rows:
             if error is not None:
-                sql.run(
+                await sql.run(
                     "UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?",
                     (
                         OrderStatus.INVALID,
@@ -463,8 +469,8 @@ class Storage:
                         OrderStatus.PENDING,
                     ),
                 )
-            elif _all_valid(sql, json.loads(order_row["authz_ids"]), now):
-                sql.run(
+            elif await _all_valid(sql, json.loads(order_row["authz_ids"]), now):
+                await sql.run(
                     "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
                     (OrderStatus.READY, order_row["id"], OrderStatus.PENDING),
                 )
@@ -473,13 +479,13 @@ class Storage:
         """Move a pending order whose authzs are all valid to ready (e.g. all reused)."""
         now = codec.to_us(self._clock.now())
 
-        def run(sql: Sql) -> None:
-            row = sql.one(
+        async def run(sql: Sql) -> None:
+            row = await sql.one(
                 "SELECT authz_ids FROM orders WHERE id = ? AND status = ?",
                 (order_id, OrderStatus.PENDING),
             )
-            if row is not None and _all_valid(sql, json.loads(row["authz_ids"]), now):
-                sql.run(
+            if row is not None and await _all_valid(sql, json.loads(row["authz_ids"]), now):
+                await sql.run(
                     "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
                     (OrderStatus.READY, order_id, OrderStatus.PENDING),
                 )
@@ -495,14 +501,14 @@ class Storage:
             )
         )
 
-        def run(sql: Sql) -> bool:
-            changed = sql.run(
+        async def run(sql: Sql) -> bool:
+            changed = await sql.run(
                 "UPDATE authzs SET status = ? WHERE id = ? AND status IN (?, ?)",
                 (AuthzStatus.DEACTIVATED, authz_id, AuthzStatus.PENDING, AuthzStatus.VALID),
             )
             if changed != 1:
                 return False
-            sql.run(
+            await sql.run(
                 "UPDATE orders SET status = ?, error = ? WHERE id IN"
                 " (SELECT order_id FROM order_authzs WHERE authz_id = ?) AND status IN (?, ?)",
                 (OrderStatus.INVALID, error, authz_id, OrderStatus.PENDING, OrderStatus.READY),
@@ -517,15 +523,15 @@ class Storage:
         """ready → processing with the CSR and serial recorded and an issuance job queued."""
         now = codec.to_us(self._clock.now())
 
-        def run(sql: Sql) -> bool:
-            changed = sql.run(
+        async def run(sql: Sql) -> bool:
+            changed = await sql.run(
                 "UPDATE orders SET status = ?, csr = ?, serial = ?"
                 " WHERE id = ? AND status = ? AND expires > ?",
                 (OrderStatus.PROCESSING, csr_der, serial, order_id, OrderStatus.READY, now),
             )
             if changed != 1:
                 return False
-            sql.run(_INSERT_JOB, ("issue", order_id, codec.to_us(lease_until)))
+            await sql.run(_INSERT_JOB, ("issue", order_id, codec.to_us(lease_until)))
             return True
 
         return await self._db.write(run)
@@ -559,21 +565,21 @@ class Storage:
             codec.to_us(certificate.issued_at),
         )
 
-        def run(sql: Sql) -> bool:
-            changed = sql.run(
+        async def run(sql: Sql) -> bool:
+            changed = await sql.run(
                 "UPDATE orders SET status = ?, certificate_id = ? WHERE id = ? AND status = ?",
                 (OrderStatus.VALID, certificate.id, order_id, OrderStatus.PROCESSING),
             )
             if changed != 1:
                 return False
-            sql.run(
+            await sql.run(
                 "INSERT INTO certificates (id, serial, account_id, order_id, identifiers,"
                 " pem_chains, spki_sha256, not_before, not_after, issued_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 cert_params,
             )
-            sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
-            sql.many(UPSERT_COUNTER, counters)
+            await sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
+            await sql.many(UPSERT_COUNTER, counters)
             return True
 
         try:
@@ -584,9 +590,11 @@ class Storage:
     async def fail_order(self, order_id: str, error: AcmeError) -> None:
         params = (OrderStatus.INVALID, codec.error_to_json(error), order_id, OrderStatus.PROCESSING)
 
-        def run(sql: Sql) -> None:
-            sql.run("UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?", params)
-            sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
+        async def run(sql: Sql) -> None:
+            await sql.run(
+                "UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?", params
+            )
+            await sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
 
         await self._db.write(run)
 
@@ -639,11 +647,13 @@ class Storage:
         """Jobs whose lease ran out (their process died), re-leased to the caller."""
         now_us, lease_us = codec.to_us(now), codec.to_us(lease_until)
 
-        def run(sql: Sql) -> list[tuple[str, str]]:
+        async def run(sql: Sql) -> list[tuple[str, str]]:
             claimed: list[tuple[str, str]] = []
-            rows = sql.all(_STALE_JOBS_PG if self._for_update else _STALE_JOBS, (now_us, limit))
+            rows = await sql.all(
+                _STALE_JOBS_PG if self._for_update else _STALE_JOBS, (now_us, limit)
+            )
             for row in rows:
-                changed = sql.run(
+                changed = await sql.run(
                     "UPDATE jobs SET lease_until = ?, attempts = attempts + 1"
                     " WHERE kind = ? AND target_id = ? AND lease_until = ?",
                     (lease_us, row["kind"], row["target_id"], row["lease_until"]),
@@ -679,15 +689,15 @@ class Storage:
         return str(row["value"])
 
 
-def _insert_nonce(sql: Sql, value: str, expires: int) -> None:
-    sql.run("INSERT INTO used_nonces (value, expires) VALUES (?, ?)", (value, expires))
+async def _insert_nonce(sql: Sql, value: str, expires: int) -> None:
+    await sql.run("INSERT INTO used_nonces (value, expires) VALUES (?, ?)", (value, expires))
 
 
-def _all_valid(sql: Sql, authz_ids: Sequence[str], now: int) -> bool:
+async def _all_valid(sql: Sql, authz_ids: Sequence[str], now: int) -> bool:
     if not authz_ids:
         return True
     marks = ", ".join("?" * len(authz_ids))
-    row = sql.one(
+    row = await sql.one(
         f"SELECT count(*) AS n FROM authzs WHERE id IN ({marks})"  # noqa: S608 - only '?' marks
         " AND (status <> ? OR expires <= ?)",
         (*authz_ids, AuthzStatus.VALID, now),
