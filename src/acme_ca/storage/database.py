@@ -312,16 +312,12 @@ class Database:
             return await self._on_pool(fn, args, transaction=False)
         return await fn(Sql(self._sqlite_reader(), postgres=False), *args)
 
-    async def read_consistent(self, fn: Unit[T], *args: Any) -> T:
-        """Like `read`, inside one read transaction (one snapshot for all statements)."""
-        if self.postgres:
-            return await self._on_pool(fn, args, transaction=True)
-        conn = self._sqlite_reader()
-        conn.execute("BEGIN")
-        try:
-            return drive(fn(Sql(conn, postgres=False), *args))
-        finally:
-            conn.execute("COMMIT")
+    async def write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement, atomic by itself: on PostgreSQL without BEGIN and COMMIT round
+        trips. The number of rows changed."""
+        if self._writer is not None:
+            return await self._writer.submit(_run_one, (sql, params))
+        return await self._on_pool(_run_one, (sql, params), transaction=False)
 
     async def write(self, fn: Unit[T], *args: Any) -> T:
         """`fn(sql, *args)` in a transaction, durable when this returns; all or nothing."""
@@ -344,3 +340,7 @@ class Database:
 
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+async def _run_one(sql: Sql, text: str, params: Sequence[Any]) -> int:
+    return await sql.run(text, params)

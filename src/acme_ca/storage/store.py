@@ -50,8 +50,6 @@ class StorageReader(Protocol):
     ) -> tuple[list[str], tuple[int, str] | None]: ...
 
 
-_AUTHZ_BY_ID = "SELECT * FROM authzs WHERE id = ?"
-_CHALLENGES_OF_AUTHZ = "SELECT * FROM challenges WHERE authz_id = ? ORDER BY id"
 _INSERT_AUTHZ = (
     "INSERT INTO authzs (id, account_id, identifier_type, identifier_value, wildcard, status,"
     " expires, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -80,11 +78,37 @@ async def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
     return await sql.one(text, params)
 
 
-async def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
-    row = await sql.one(_AUTHZ_BY_ID, (authz_id,))
-    if row is None:
+_AUTHZ_WITH_CHALLENGES = (
+    "SELECT a.id, a.account_id, a.identifier_type, a.identifier_value, a.wildcard, a.status,"
+    " a.expires, a.created_at, c.id AS c_id, c.type AS c_type, c.token AS c_token,"
+    " c.status AS c_status, c.validated AS c_validated, c.error AS c_error,"
+    " c.validation_record AS c_validation_record"
+    " FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id"
+)
+_AUTHZ_BY_ID = _AUTHZ_WITH_CHALLENGES + " WHERE a.id = ? ORDER BY c.id"
+_AUTHZ_OF_CHALLENGE = (
+    _AUTHZ_WITH_CHALLENGES  # noqa: S608 - constant text
+    + " WHERE a.id = (SELECT authz_id FROM challenges WHERE id = ?) ORDER BY c.id"
+)
+_CHALLENGE_COLUMNS = ("type", "token", "status", "validated", "error", "validation_record")
+
+
+def _split_authz(rows: list[Row]) -> tuple[Row, list[Row]] | None:
+    """One statement's rows (authz joined with its challenges) as (authz, challenges)."""
+    if not rows:
         return None
-    return row, await sql.all(_CHALLENGES_OF_AUTHZ, (authz_id,))
+    first = rows[0]
+    challenges = [
+        {"id": r["c_id"], "authz_id": first["id"], **{k: r[f"c_{k}"] for k in _CHALLENGE_COLUMNS}}
+        for r in rows
+        if r["c_id"] is not None
+    ]
+    return first, challenges
+
+
+async def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
+    # One statement: one snapshot, and one round trip on PostgreSQL.
+    return _split_authz(await sql.all(_AUTHZ_BY_ID, (authz_id,)))
 
 
 async def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
@@ -169,7 +193,7 @@ class Storage:
         return [r["id"] for r in page], cursor
 
     async def get_authz(self, authz_id: str) -> Authorization | None:
-        found = await self._db.read_consistent(_authz_rows, authz_id)
+        found = await self._db.read(_authz_rows, authz_id)
         return self._authz(found) if found is not None else None
 
     async def get_validation_subject(
@@ -178,10 +202,12 @@ class Storage:
         """The authorization of a challenge and the account that owns it, in one read."""
 
         async def run(sql: Sql) -> tuple[tuple[Row, list[Row]], Row] | None:
-            chall = await sql.one("SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,))
-            if chall is None:
-                return None
-            found = await _authz_rows(sql, chall["authz_id"])
+            found = _split_authz(
+                await sql.all(
+                    _AUTHZ_OF_CHALLENGE,
+                    (challenge_id,),
+                )
+            )
             if found is None:
                 return None
             account = await sql.one(
@@ -189,7 +215,7 @@ class Storage:
             )
             return (found, account) if account is not None else None
 
-        got = await self._db.read_consistent(run)
+        got = await self._db.read(run)
         if got is None:
             return None
         return self._authz(got[0]), codec.account_from_row(got[1])
@@ -225,7 +251,7 @@ class Storage:
             )
             return await _authz_rows(sql, row["id"]) if row is not None else None
 
-        found = await self._db.read_consistent(run)
+        found = await self._db.read(run)
         return self._authz(found) if found is not None else None
 
     async def has_valid_authzs(
@@ -626,7 +652,10 @@ class Storage:
         if self._db.nonce_log is not None:
             return self._db.nonce_log.redeem(value, codec.to_us(expires))
         try:
-            await self._db.write(_insert_nonce, value, codec.to_us(expires))
+            await self._db.write_one(
+                "INSERT INTO used_nonces (value, expires) VALUES (?, ?)",
+                (value, codec.to_us(expires)),
+            )
         except IntegrityError:
             return False
         return True
@@ -687,10 +716,6 @@ class Storage:
         row = await self._db.read(_one, select_value, (name,))
         assert row is not None
         return str(row["value"])
-
-
-async def _insert_nonce(sql: Sql, value: str, expires: int) -> None:
-    await sql.run("INSERT INTO used_nonces (value, expires) VALUES (?, ?)", (value, expires))
 
 
 async def _all_valid(sql: Sql, authz_ids: Sequence[str], now: int) -> bool:
