@@ -8,9 +8,9 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 
 - SQLite reads run inline on the event-loop thread on one connection (WAL readers
   never wait on writers; a read is a few microseconds).
-- SQLite writes go to one writer thread that **group-commits**: every write queued
-  while the previous commit was syncing runs in the next transaction, each in its
-  own savepoint, and all of them become durable with one `synchronous=FULL` commit
+- SQLite writes **group-commit**: the writes queued in one turn of the event loop
+  (or while the previous batch ran) run in one transaction, each in its own
+  savepoint, and all of them become durable with one `synchronous=FULL` commit
   before any caller hears back. Durability is kept; the fsync is shared. Writers of
   all processes (and the SQLAlchemy writer of this one) queue on the same file lock.
 - PostgreSQL runs every unit on the event loop with psycopg's asynchronous
@@ -21,13 +21,11 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -117,58 +115,83 @@ def _pg_text(sql: str) -> str:
     return text
 
 
-_Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]
+_Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any]]
 
 
 class _GroupWriter:
-    """The SQLite writer thread: batches queued writes into one durable commit."""
+    """The SQLite writer: batches the writes queued in one turn of the event loop into
+    one durable commit.
+
+    The batch runs on the event-loop thread when the writer lock is free (a thread
+    hop and the GIL hand-offs cost more than the statements); when another writer
+    holds the lock, the batch waits for it on the writer's own thread, so the loop
+    never blocks on another process. While a batch runs, new writes queue for the
+    next one.
+    """
 
     def __init__(self, path: str, *, synchronous: str) -> None:
         self._path = path
         self._synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock_fd = os.open(f"{path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._conn: sqlite3.Connection | None = None
-        self._thread = threading.Thread(target=self._loop, name="acme-db-writer", daemon=True)
-        self._thread.start()
+        self._pending: list[_Item] = []
+        self._scheduled = False
+        self._waiting: asyncio.Future[list[tuple[bool, Any]]] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme-db-writer")
 
     def submit(self, fn: Unit[T], args: tuple[Any, ...]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, future, loop))
+        self._pending.append((fn, args, future))
+        if not self._scheduled and self._waiting is None:
+            self._scheduled = True
+            loop.call_soon(self._flush, loop)
         return future
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=LOCK_WAIT_SECONDS + 5)
-        os.close(self._lock_fd)
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self._waiting is not None or not self._pending:
+            return
+        batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting = loop.run_in_executor(self._thread, self._locked_batch, batch, True)
+            self._waiting = waiting
+            waiting.add_done_callback(lambda done: self._after_wait(loop, batch, done))
+            return
+        _resolve(batch, self._locked_batch(batch, False))
+        self._reschedule(loop)
 
-    def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            _deliver(self._run_batch(batch), batch)
-        if self._conn is not None:
-            self._conn.close()
+    def _after_wait(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item], done: asyncio.Future[Any]
+    ) -> None:
+        self._waiting = None
+        _resolve(batch, done.result())
+        self._reschedule(loop)
+
+    def _reschedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush, loop)
+
+    def _locked_batch(self, batch: list[_Item], wait: bool) -> list[tuple[bool, Any]]:
+        """Run the batch under the writer lock (taken already unless `wait`), then release it."""
+        try:
+            if wait:
+                lock_with_deadline(self._lock_fd, LOCK_WAIT_SECONDS)
+        except BaseException as exc:
+            return [(False, exc)] * len(batch)
+        try:
+            return self._run_batch(batch)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         try:
             if self._conn is None:
                 self._conn = connect_sqlite(self._path, synchronous=self._synchronous)
             conn = self._conn
-            lock_with_deadline(self._lock_fd, LOCK_WAIT_SECONDS)
         except BaseException as exc:
             return [(False, exc)] * len(batch)
         try:
@@ -176,10 +199,10 @@ class _GroupWriter:
             conn.execute("BEGIN IMMEDIATE")
             outcomes: list[tuple[bool, Any]] = []
             if len(batch) == 1:
-                fn, args, _, _ = batch[0]
+                fn, args, _ = batch[0]
                 outcomes.append((True, drive(fn(sql, *args))))
             else:
-                for fn, args, _, _ in batch:
+                for fn, args, _ in batch:
                     # Each write in its own savepoint: one that fails leaves no trace
                     # and does not undo the others.
                     conn.execute("SAVEPOINT unit")
@@ -200,24 +223,28 @@ class _GroupWriter:
                     self._conn = None
                     conn.close()
             return [(False, exc)] * len(batch)
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def close(self) -> None:
+        while self._waiting is not None or self._pending:
+            if self._waiting is not None:
+                await asyncio.wait({self._waiting})
+            else:
+                batch, self._pending = self._pending, []
+                loop = asyncio.get_running_loop()
+                _resolve(
+                    batch, await loop.run_in_executor(self._thread, self._locked_batch, batch, True)
+                )
+        self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        os.close(self._lock_fd)
 
 
-def _deliver(outcomes: list[tuple[bool, Any]], batch: list[_Item]) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (ok, value), (_, _, future, loop) in zip(outcomes, batch, strict=True):
-        by_loop.setdefault(loop, []).append((future, ok, value))
-    for loop, results in by_loop.items():
-        # A closed loop raises RuntimeError: nobody is waiting there.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, results)
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
+def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
+    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
         if future.done():
-            continue
+            continue  # the caller was cancelled; the write happened all the same
         if ok:
             future.set_result(value)
         else:
@@ -327,7 +354,7 @@ class Database:
 
     async def close(self) -> None:
         if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+            await self._writer.close()
             self._writer = None
         if self._reader is not None:
             self._reader.close()
