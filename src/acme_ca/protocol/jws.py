@@ -111,6 +111,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+)
+
+
 def loads_strict(data: bytes | str, *, what: str) -> Any:
     """JSON with duplicate members refused (RFC 7515 §5.2 step 4, RFC 8259).
 
@@ -118,9 +123,8 @@ def loads_strict(data: bytes | str, *, what: str) -> Any:
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(
-            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
-        )
+        # One decoder for every call: `json.loads` with hooks builds a new one each time.
+        return _STRICT_DECODER.decode(text)
     except AcmeError:
         raise
     except (ValueError, RecursionError) as exc:

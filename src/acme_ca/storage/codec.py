@@ -25,6 +25,8 @@ from acme_ca.model import (
 Row = Mapping[str, Any]
 """A row read by name: `sqlite3.Row` or a psycopg dict row."""
 
+# One encoder: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -45,7 +47,7 @@ def opt_from_us(value: int | None) -> dt.datetime | None:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def identifiers_to_json(identifiers: Sequence[Identifier]) -> str:

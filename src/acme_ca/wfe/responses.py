@@ -13,16 +13,19 @@ from acme_ca.protocol.problems import problem_document
 
 __all__ = ["json_response", "problem_response"]
 
+# One encoder: `json.dumps` with separators builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def json_response(
     data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+    body = _ENCODER.encode(data).encode("utf-8")
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 def problem_response(error: AcmeError) -> Response:
-    body = json.dumps(problem_document(error), separators=(",", ":")).encode("utf-8")
+    body = _ENCODER.encode(problem_document(error)).encode("utf-8")
     response = Response(body, status_code=error.http_status, media_type=PROBLEM_CONTENT_TYPE)
     for name, value in error.headers.items():
         response.headers[name] = value
