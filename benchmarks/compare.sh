@@ -8,7 +8,8 @@
 # usage: benchmarks/compare.sh [--only pebble|acme-ca] [--levels 1,2,4,8,32]
 #          [--count N] [--duration SECONDS] [--stall SECONDS] [--challenge http-01|dns-01]
 #          [--out DIR] [--keep] [-- extra bench options]
-# env:   PYTHON, ACME_CA, PEBBLE, PEBBLE_CHALLTESTSRV, ACME_CA_DIRECTORY, ports below;
+# env:   PYTHON, ACME_CA, PEBBLE, PEBBLE_CHALLTESTSRV, CHALLTESTSRV (pebble|acme-ca: the
+#        DNS server both use; Pebble's when installed), ACME_CA_DIRECTORY, ports below;
 #        ACME_CA_DATABASE (SQLAlchemy URL; default SQLite in the data dir), ACME_CA_WORKERS (2).
 set -euo pipefail
 
@@ -119,12 +120,19 @@ stop() {
 }
 
 # -- the challenge test server: DNS answering 127.0.0.1 for every name, TXT via API ----
-if "$ACME_CA" challtestsrv --help >/dev/null 2>&1; then
+# The DNS server both CAs resolve through: Pebble's own challenge test server when it is
+# installed (the reference's tool, and it costs the machine the same per query whoever
+# asks), else acme-ca's (CHALLTESTSRV=acme-ca forces it).
+CHALLTESTSRV=${CHALLTESTSRV:-}
+if [[ -z $CHALLTESTSRV ]]; then
+    if command -v "$PEBBLE_CHALLTESTSRV" >/dev/null 2>&1; then CHALLTESTSRV=pebble; else CHALLTESTSRV=acme-ca; fi
+fi
+if [[ $CHALLTESTSRV == acme-ca ]]; then
     log "challtestsrv: acme-ca challtestsrv"
     "$ACME_CA" challtestsrv --dns "$HOST:$DNS_PORT" --management "$HOST:$MGMT_PORT" \
         >"$WORK/challtestsrv.log" 2>&1 &
 else
-    log "challtestsrv: $PEBBLE_CHALLTESTSRV (acme-ca challtestsrv not available)"
+    log "challtestsrv: $PEBBLE_CHALLTESTSRV"
     # Only DNS: the bench's own responder answers http-01. No AAAA, so that the
     # validator dials the IPv4 loopback where the responder listens.
     "$PEBBLE_CHALLTESTSRV" -dns01 "$HOST:$DNS_PORT" -management "$HOST:$MGMT_PORT" \

@@ -8,6 +8,7 @@ startup: one set per worker process.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -160,6 +161,15 @@ async def build_service(
     )
 
 
+def _tune_gc() -> None:
+    """Move what startup made out of the collector's way and collect young objects less
+    often: a request allocates a few hundred short-lived objects, and the default
+    threshold (700) runs a collection every few requests."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 class AcmeAsgiApp:
     """ASGI app that builds its service at lifespan startup (one per worker process)."""
 
@@ -189,6 +199,7 @@ class AcmeAsgiApp:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                _tune_gc()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._service is not None:
