@@ -53,21 +53,25 @@ class Sql:
     On PostgreSQL they are psycopg's asynchronous calls.
     """
 
-    __slots__ = ("_conn", "postgres")
+    __slots__ = ("_conn", "done", "postgres")
 
     def __init__(self, conn: Any, *, postgres: bool) -> None:
         self._conn = conn
         self.postgres = postgres
+        self.done = 0
+        """Statements completed (PostgreSQL): a unit that broke before any may be retried."""
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         if self.postgres:
             cursor = await self._conn.execute(_pg_text(sql), params)
+            self.done += 1
             return await cursor.fetchone()
         return self._conn.execute(sql, params).fetchone()
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         if self.postgres:
             cursor = await self._conn.execute(_pg_text(sql), params)
+            self.done += 1
             return list(await cursor.fetchall())
         return list(self._conn.execute(sql, params).fetchall())
 
@@ -75,6 +79,7 @@ class Sql:
         """Execute; the number of rows changed."""
         if self.postgres:
             cursor = await self._conn.execute(_pg_text(sql), params)
+            self.done += 1
         else:
             cursor = self._conn.execute(sql, params)
         rowcount: int = cursor.rowcount
@@ -86,6 +91,7 @@ class Sql:
         if self.postgres:
             async with self._conn.cursor() as cursor:
                 await cursor.executemany(_pg_text(sql), rows)
+            self.done += 1
         else:
             self._conn.executemany(sql, rows)
 
@@ -298,45 +304,78 @@ class Database:
             self._slots = asyncio.Semaphore(self._pool_size)
         return self._slots
 
-    async def _on_pool(self, fn: Unit[T], args: tuple[Any, ...], *, transaction: bool) -> T:
+    async def _on_pool(
+        self, fn: Unit[T], args: tuple[Any, ...], *, transaction: bool, retry_safe: bool
+    ) -> T:
         async with self._pool_slots():
-            if self._idle:
-                conn = self._idle.pop()
-            else:
-                assert self._dsn is not None
-                conn = await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True, row_factory=dict_row
-                )
-            healthy = False
-            try:
-                if not transaction:
-                    result = await fn(Sql(conn, postgres=True), *args)
+            while True:
+                pooled = bool(self._idle)
+                if pooled:
+                    conn = self._idle.pop()
                 else:
-                    await conn.execute("BEGIN")
-                    try:
-                        result = await fn(Sql(conn, postgres=True), *args)
-                    except BaseException:
-                        await conn.execute("ROLLBACK")
+                    assert self._dsn is not None
+                    conn = await psycopg.AsyncConnection.connect(
+                        self._dsn, autocommit=True, row_factory=dict_row
+                    )
+                sql = Sql(conn, postgres=True)
+                try:
+                    result = await self._unit(conn, sql, fn, args, transaction=transaction)
+                except psycopg.Error:
+                    if not (conn.broken or conn.closed):
+                        # An SQL error leaves the connection usable.
+                        self._release(conn)
                         raise
-                    await conn.execute("COMMIT")
-                healthy = True
-                return result
-            except psycopg.Error:
-                # An SQL error leaves the connection usable; a broken one is dropped.
-                healthy = not conn.broken and not conn.closed
-                raise
-            finally:
-                if healthy and conn.pgconn.transaction_status == _IDLE:
-                    self._idle.append(conn)
-                else:
                     await conn.close()
+                    # The server went away (restart, failover): the other idle
+                    # connections are as dead as this one.
+                    await self._drop_idle()
+                    if pooled and sql.done == 0 and (transaction or retry_safe):
+                        continue  # nothing ran: once more on a new connection
+                    raise
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._release(conn)
+                return result
+
+    @staticmethod
+    async def _unit(
+        conn: psycopg.AsyncConnection[Any],
+        sql: Sql,
+        fn: Unit[T],
+        args: tuple[Any, ...],
+        *,
+        transaction: bool,
+    ) -> T:
+        if not transaction:
+            return await fn(sql, *args)
+        await conn.execute("BEGIN")
+        try:
+            result = await fn(sql, *args)
+        except BaseException:
+            if not conn.broken:
+                await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        return result
+
+    def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn.pgconn.transaction_status == _IDLE:
+            self._idle.append(conn)
+        else:
+            conn.pgconn.finish()
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
 
     # ---- the API -----------------------------------------------------------------
 
     async def read(self, fn: Unit[T], *args: Any) -> T:
         """`fn(sql, *args)` on a connection, each statement on its own snapshot."""
         if self.postgres:
-            return await self._on_pool(fn, args, transaction=False)
+            return await self._on_pool(fn, args, transaction=False, retry_safe=True)
         return await fn(Sql(self._sqlite_reader(), postgres=False), *args)
 
     async def write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -344,13 +383,14 @@ class Database:
         trips. The number of rows changed."""
         if self._writer is not None:
             return await self._writer.submit(_run_one, (sql, params))
-        return await self._on_pool(_run_one, (sql, params), transaction=False)
+        # Not retried: a statement whose connection broke may have committed.
+        return await self._on_pool(_run_one, (sql, params), transaction=False, retry_safe=False)
 
     async def write(self, fn: Unit[T], *args: Any) -> T:
         """`fn(sql, *args)` in a transaction, durable when this returns; all or nothing."""
         if self._writer is not None:
             return await self._writer.submit(fn, args)
-        return await self._on_pool(fn, args, transaction=True)
+        return await self._on_pool(fn, args, transaction=True, retry_safe=False)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -361,9 +401,7 @@ class Database:
             self._reader = None
         if self.nonce_log is not None:
             self.nonce_log.close()
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
+        await self._drop_idle()
 
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
