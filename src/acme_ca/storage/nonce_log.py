@@ -19,6 +19,7 @@ that may be deleted whenever the CA is stopped.
 from __future__ import annotations
 
 import sqlite3
+import struct
 from pathlib import Path
 
 from acme_ca.storage.sqlite import connect_sqlite
@@ -44,29 +45,27 @@ class SqliteNonceLog:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = connect_sqlite(self.path, synchronous="NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS used_nonces"
-                " (value TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID"
-            )
-            conn.execute(
-                "CREATE INDEX IF NOT EXISTS ix_used_nonces_expires ON used_nonces (expires)"
-            )
+            # Keyed by expiry (8 bytes, big-endian) then the nonce: nonces are redeemed
+            # in about the order they expire, so an INSERT appends to the B-tree (half
+            # the cost of a random text key plus an index on the expiry), and a purge
+            # is a range delete on the key itself.
+            conn.execute("CREATE TABLE IF NOT EXISTS redeemed (key BLOB PRIMARY KEY) WITHOUT ROWID")
             self._conn = conn
         return self._conn
 
     def redeem(self, value: str, expires_us: int) -> bool:
         """Record the nonce as used; False if it was used before (by any process)."""
+        key = struct.pack(">q", expires_us) + value.encode("ascii", "replace")
         try:
-            self._connection().execute(
-                "INSERT INTO used_nonces (value, expires) VALUES (?, ?)", (value, expires_us)
-            )
+            self._connection().execute("INSERT INTO redeemed (key) VALUES (?)", (key,))
         except sqlite3.IntegrityError:
             return False
         return True
 
     def purge(self, before_us: int) -> int:
+        """Forget redemptions of nonces that expired before `before_us`."""
         cursor = self._connection().execute(
-            "DELETE FROM used_nonces WHERE expires < ?", (before_us,)
+            "DELETE FROM redeemed WHERE key < ?", (struct.pack(">q", before_us),)
         )
         return cursor.rowcount
 
