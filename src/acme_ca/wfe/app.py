@@ -35,14 +35,29 @@ _OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> None:
+    # On the raw header list: one pass instead of a scan per `MutableHeaders` access.
+    raw = response.raw_headers
+    link_at = cache_at = -1
+    for i, (name, _) in enumerate(raw):
+        if name == b"link":
+            link_at = i
+        elif name == b"cache-control":
+            cache_at = i
     # RFC 8555 §6.5: a fresh nonce on every response, errors included.
-    response.headers["Replay-Nonce"] = fe.nonces.issue()
-    index = f'<{fe.urls.directory}>;rel="index"'
-    existing = response.headers.get("Link")
-    # RFC 8555 §7.1: Link rel="index" to the directory.
-    response.headers["Link"] = f"{existing}, {index}" if existing else index
-    if request.method == "POST" or "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = "no-store"
+    raw.append((b"replay-nonce", fe.nonces.issue().encode("ascii")))
+    # RFC 8555 §7.1: Link rel="index" to the directory, beside any other link.
+    index = f'<{fe.urls.directory}>;rel="index"'.encode("latin-1")
+    if link_at >= 0:
+        raw[link_at] = (b"link", raw[link_at][1] + b", " + index)
+    else:
+        raw.append((b"link", index))
+    if request.scope["method"] == "POST":
+        if cache_at >= 0:
+            raw[cache_at] = (b"cache-control", b"no-store")
+        else:
+            raw.append((b"cache-control", b"no-store"))
+    elif cache_at < 0:
+        raw.append((b"cache-control", b"no-store"))
 
 
 def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
