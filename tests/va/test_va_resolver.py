@@ -354,6 +354,83 @@ def test_a_resolver_moves_between_event_loops() -> None:
     resolver.close()
 
 
+# ---- reading replies from the wire ----------------------------------------------------
+
+
+async def test_soa_only_nodata_is_read_without_building_a_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As Pebble's challtestsrv: NODATA carrying an SOA (here, of the name's zone).
+    def handle(query: dns.message.Message) -> list[bytes]:
+        if query.question[0].rdtype == dns.rdatatype.A:
+            return [
+                reply(query, ("host.example.", 300, "A", "192.0.2.1"), authority=(SOA,)).to_wire()
+            ]
+        return [reply(query, authority=(SOA,)).to_wire()]
+
+    from_wire = dns.message.from_wire
+
+    def queries_only(wire: bytes, **kwargs: Any) -> dns.message.Message:
+        assert not wire[2] & 0x80, "a response built into a Message"
+        return from_wire(wire, **kwargs)
+
+    monkeypatch.setattr(dns.message, "from_wire", queries_only)
+    stored: list[tuple[Any, float]] = []
+    put = TtlCache.put
+
+    def recording(self: TtlCache[Any, Any], key: Any, value: object, ttl: float) -> None:
+        stored.append((key, ttl))
+        put(self, key, value, ttl)
+
+    monkeypatch.setattr(TtlCache, "put", recording)
+    async with ScriptedServer(handle) as server:
+        resolver = DnsResolver(server.config())
+        assert [str(a) for a in await resolver.addresses("host.example")] == ["192.0.2.1"]
+        assert await resolver.caa("host.example") == []
+        assert await resolver.caa("host.example") == []  # cached
+    assert len(server.queries) == 3
+    # A by its TTL; AAAA and CAA NODATA by min(SOA TTL 300, MINIMUM 60) (RFC 2308 §5).
+    assert sorted((key[1], ttl) for key, ttl in stored) == [(1, 300), (28, 60), (257, 60)]
+
+
+async def test_a_reply_with_a_garbage_rdlength_is_ignored() -> None:
+    def handle(query: dns.message.Message) -> list[bytes]:
+        good = reply(query, ("host.example.", 60, "A", "192.0.2.7")).to_wire()
+        at = good.index(bytes([192, 0, 2, 7])) - 2  # the A record's RDLENGTH
+        overrun = good[:at] + struct.pack("!H", 200) + good[at + 2 :]
+        short = good[:at] + struct.pack("!H", 3) + good[at + 2 :]
+        return [overrun, short, good[:-1], good + b"\0", good]
+
+    async with ScriptedServer(handle) as server:
+        addresses = await DnsResolver(server.config()).addresses("host.example")
+    assert [str(a) for a in addresses] == ["192.0.2.7"]
+
+
+async def test_edns_queries_and_extended_rcodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handle(query: dns.message.Message) -> list[bytes]:
+        assert query.edns == 0
+        name = query.question[0].name.to_text()
+        response = reply(query, ("ok.example.", 60, "TXT", '"edns"'))
+        if name == "badvers.example.":
+            response = reply(query)
+            response.set_rcode(dns.rcode.BADVERS)  # in the OPT record's TTL
+        return [response.to_wire()]
+
+    async with ScriptedServer(handle) as server:
+
+        def configured(self: dns.resolver.BaseResolver, f: object) -> None:
+            self.nameservers = [LOOPBACK]
+            self.nameserver_ports = {LOOPBACK: server.port}
+            self.use_edns(0, 0, 1232)
+
+        monkeypatch.setattr(dns.resolver.BaseResolver, "read_resolv_conf", configured)
+        resolver = DnsResolver(VAConfig(dns_timeout=2.0))
+        assert await resolver.txt("ok.example") == ["edns"]
+        with pytest.raises(AcmeError) as info:
+            await resolver.txt("badvers.example")
+        assert info.value.detail == "SERVFAIL looking up TXT for badvers.example"
+
+
 # ---- the cache -------------------------------------------------------------------------
 
 

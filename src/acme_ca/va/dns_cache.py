@@ -1,9 +1,7 @@
 """What a DNS answer says, and a small TTL-honouring cache of it, for the VA's resolver.
 
-`outcome_of` reads a NOERROR or NXDOMAIN response as dnspython's
-`Message.resolve_chaining` does (the RRset for the name, or for the end of its
-CNAME chain), and says how long the outcome may be cached: a positive answer by
-its TTL (RFC 1035 §3.2.1), a negative one by its SOA (RFC 2308 §5).
+`Outcome` is a lookup's answer, as `dns_wire` reads it from a reply (with how long
+it may be cached: a positive answer by its TTL, a negative one by its SOA).
 
 `TtlCache` keeps outcomes for that long, never longer than `max_ttl`, and at most
 `max_entries` of them: storing one more evicts the oldest. A TTL of 0, or a
@@ -19,14 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.ttl
-
-__all__ = ["DEFAULT_MAX_ENTRIES", "NODATA", "NXDOMAIN", "Outcome", "TtlCache", "outcome_of"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "NODATA", "NXDOMAIN", "Outcome", "TtlCache"]
 
 DEFAULT_MAX_ENTRIES = 10_000
 
@@ -41,49 +32,6 @@ class Outcome:
 
 NODATA = Outcome(nxdomain=False, rdatas=())
 NXDOMAIN = Outcome(nxdomain=True, rdatas=())
-
-
-def outcome_of(
-    response: dns.message.Message, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
-) -> tuple[Outcome, float | None]:
-    """The outcome of a NOERROR or NXDOMAIN `response` to (`qname`, `rdtype`), and its TTL.
-
-    The TTL is None when the outcome is not to be cached. ValueError when the response
-    contradicts itself: a CNAME chain too long, an answer with NXDOMAIN.
-    """
-    nxdomain = response.rcode() == dns.rcode.NXDOMAIN
-    name, ttl = qname, float(dns.ttl.MAX_TTL)
-    for _ in range(dns.message.MAX_CHAIN):
-        cname = None
-        for rrset in response.answer:
-            if rrset.rdclass != dns.rdataclass.IN or rrset.name != name:
-                continue
-            if rrset.rdtype == rdtype:
-                if nxdomain:
-                    raise ValueError("an answer with NXDOMAIN")
-                return Outcome(nxdomain=False, rdatas=tuple(rrset)), min(ttl, rrset.ttl)
-            if rrset.rdtype == dns.rdatatype.CNAME and cname is None:
-                cname = rrset
-        if cname is None:
-            break
-        ttl = min(ttl, cname.ttl)
-        name = cname[0].target
-    else:
-        raise ValueError("CNAME chain too long")
-    # RFC 2308 §5: a negative answer lives as long as the closest enclosing SOA's TTL
-    # and MINIMUM field allow; without an SOA it is not cached at all.
-    soa = None
-    for rrset in response.authority:
-        if (
-            rrset.rdtype == dns.rdatatype.SOA
-            and name.is_subdomain(rrset.name)
-            and (soa is None or len(rrset.name) > len(soa.name))
-        ):
-            soa = rrset
-    outcome = NXDOMAIN if nxdomain else NODATA
-    if soa is None:
-        return outcome, None
-    return outcome, min(ttl, soa.ttl, soa[0].minimum)
 
 
 K = TypeVar("K", bound=Hashable)

@@ -19,10 +19,11 @@ dnspython's own (`dns.asyncresolver`), which cost too much CPU:
 - A lookup is bounded by `dns_timeout`, each attempt by min(2 s, that), timeouts
   retried within it. A nameserver answering SERVFAIL (or another error, or
   garbage) is dropped for the lookup; with none left the lookup fails as SERVFAIL.
-- Answers follow CNAME chains in the response and are cached (`dns_cache`) by
-  their TTL, negative ones by their SOA (RFC 2308), at most `dns_cache_max_ttl`
-  seconds. Failures are never cached. One event loop at a time: moving to
-  another closes the first's sockets.
+- UDP replies are read straight from their wire format (`dns_wire`), never built
+  into a `dns.message.Message`. Answers follow CNAME chains in the response and
+  are cached (`dns_cache`) by their TTL, negative ones by their SOA (RFC 2308), at
+  most `dns_cache_max_ttl` seconds. Failures are never cached. One event loop at
+  a time: moving to another closes the first's sockets.
 """
 
 from __future__ import annotations
@@ -49,24 +50,20 @@ import dns.rdatatype
 import dns.resolver
 
 from acme_ca.errors import AcmeError, ProblemType
-from acme_ca.va.dns_cache import NODATA, NXDOMAIN, Outcome, TtlCache, outcome_of
+from acme_ca.va.dns_cache import NODATA, NXDOMAIN, Outcome, TtlCache
+from acme_ca.va.dns_wire import HEADER_SIZE, Reply, read_answer, reply_to
 from acme_ca.va.types import VAConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Nameserver = tuple[str, int]
 """(address, port) of a recursive resolver."""
-_Reply = tuple[int, dns.message.Message | None]  # header flags; parsed if it has records
 
 _ATTEMPT_TIMEOUT = 2.0
 # dnspython's backoff between rounds over all nameservers: 0.1 s, doubling, at most 2 s.
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 2.0
-_HEADER_SIZE = 12
 # A query's header but for its ID: RD set, one question (dns.message.make_query's).
 _QUERY_HEADER = struct.pack("!6H", 0, dns.flags.RD, 1, 0, 0, 0)
-_EMPTY_QUESTION_RCODES = frozenset(
-    {dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED}
-)
 _MAX_DATAGRAM = 65535
 _READS_PER_WAKEUP = 64
 
@@ -224,7 +221,7 @@ class DnsResolver:
             server = current.pop(0)
             try:
                 reply = await self._channel(server).exchange(
-                    wire, question, self._attempt_timeout(deadline)
+                    wire, question, qname, rdtype, self._attempt_timeout(deadline)
                 )
                 if reply is None:
                     continue  # this attempt timed out
@@ -234,8 +231,9 @@ class DnsResolver:
                     response = await dns.asyncquery.tcp(
                         query, server[0], timeout=self._attempt_timeout(deadline), port=server[1]
                     )
-                    reply = int(response.flags), response
-                return _interpret(reply, qname, rdtype)
+                    tcp_wire = response.wire or response.to_wire()  # as from_wire saw it
+                    reply = int(response.flags), read_answer(tcp_wire, qname, rdtype)
+                return _interpret(reply)
             except _LookupFailed:
                 raise
             except _DROPS_SERVER:
@@ -312,55 +310,23 @@ class DnsResolver:
         ]
 
 
-def _interpret(
-    reply: _Reply, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
-) -> tuple[Outcome, float | None]:
-    flags, response = reply
-    rcode = flags & 0xF if response is None else response.rcode()
+def _interpret(reply: Reply) -> tuple[Outcome, float | None]:
+    flags, answer = reply
+    rcode = flags & 0xF if answer is None else answer.rcode
     if rcode == dns.rcode.YXDOMAIN:
         raise _LookupFailed(_NETWORK)
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         raise _BadServerError  # SERVFAIL, REFUSED, ...: dnspython drops the nameserver
-    if response is None:  # no records at all: nothing to follow, no SOA to cache it by
+    if answer is None:  # no records at all: nothing to follow, no SOA to cache it by
         return NXDOMAIN if rcode == dns.rcode.NXDOMAIN else NODATA, None
-    try:
-        return outcome_of(response, qname, rdtype)
-    except ValueError:  # a CNAME chain too long, an answer with NXDOMAIN
-        raise _BadServerError from None
+    if answer.outcome is None:  # a CNAME chain too long, an answer with NXDOMAIN
+        raise _BadServerError
+    return answer.outcome, answer.ttl
 
 
-def _expire(future: asyncio.Future[_Reply | None]) -> None:
+def _expire(future: asyncio.Future[Reply | None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _reply_to(question: bytes, data: bytes) -> _Reply | None:
-    """`data`, if it answers the query with this `question` section (its ID matched); else None.
-
-    As `Message.is_response`: a response to a QUERY echoing the question (or none, with
-    FORMERR, SERVFAIL, NOTIMP or REFUSED). Only a reply with records is parsed: one that
-    is truncated is asked again over TCP, and one without records has only its header.
-    """
-    flags = data[2] << 8 | data[3]
-    if flags & 0xF800 != dns.flags.QR:  # QR, and opcode QUERY (0)
-        return None
-    qdcount, ancount, nscount, arcount = struct.unpack_from("!4H", data, 4)
-    end = _HEADER_SIZE
-    if qdcount == 1:
-        end += len(question)
-        name, rrtype = data[_HEADER_SIZE : end - 4], data[end - 4 : end]
-        if name.lower() != question[:-4] or rrtype != question[-4:]:
-            return None
-    elif qdcount != 0 or flags & 0xF not in _EMPTY_QUESTION_RCODES:
-        return None
-    if flags & dns.flags.TC:
-        return flags, None
-    if not (ancount or nscount or arcount):
-        return (flags, None) if len(data) == end else None  # dnspython refuses trailing junk
-    try:
-        return flags, dns.message.from_wire(data)
-    except Exception:
-        return None  # undecodable: not an answer (dnspython ignores it too)
 
 
 class _UdpChannel:
@@ -381,20 +347,25 @@ class _UdpChannel:
             raise
         self._loop = loop
         self._sock = sock
-        self._pending: dict[int, tuple[bytes, asyncio.Future[_Reply | None]]] = {}
+        # ID -> (question section, name lowercased; its name; its type; the reply's future)
+        self._pending: dict[
+            int, tuple[bytes, dns.name.Name, int, asyncio.Future[Reply | None]]
+        ] = {}
         self.closed = False
 
-    async def exchange(self, wire: bytes, question: bytes, limit: float) -> _Reply | None:
+    async def exchange(
+        self, wire: bytes, question: bytes, qname: dns.name.Name, rdtype: int, limit: float
+    ) -> Reply | None:
         """Send `wire` under a fresh ID; the reply echoing `question` (its question section,
-        name lowercased), or None after `limit` seconds."""
+        name lowercased), read for (`qname`, `rdtype`), or None after `limit` seconds."""
         pending = self._pending
         if len(pending) >= 0xFFFF:
             raise OSError("no free DNS message ID")
         qid = secrets.randbits(16)
         while qid in pending:
             qid = secrets.randbits(16)
-        future: asyncio.Future[_Reply | None] = self._loop.create_future()
-        pending[qid] = (question, future)
+        future: asyncio.Future[Reply | None] = self._loop.create_future()
+        pending[qid] = (question, qname, rdtype, future)
         timer = self._loop.call_later(limit, _expire, future)
         try:
             self._send(qid.to_bytes(2, "big") + wire[2:])
@@ -423,14 +394,14 @@ class _UdpChannel:
                 # ICMP errors (port unreachable): what counts is that no answer came,
                 # as for dnspython's unconnected sockets, which never see them.
                 continue
-            if addr[:2] != self._peer or len(data) < _HEADER_SIZE:
+            if addr[:2] != self._peer or len(data) < HEADER_SIZE:
                 continue
             entry = self._pending.get(int.from_bytes(data[:2], "big"))
-            if entry is None or entry[1].done():
+            if entry is None or entry[3].done():
                 continue
-            reply = _reply_to(entry[0], data)
+            reply = reply_to(entry[0], entry[1], entry[2], data)
             if reply is not None:
-                entry[1].set_result(reply)
+                entry[3].set_result(reply)
 
     def close(self) -> None:
         if self.closed:
@@ -438,7 +409,7 @@ class _UdpChannel:
         self.closed = True
         if not self._loop.is_closed():
             self._loop.remove_reader(self._sock.fileno())
-            for _, future in self._pending.values():
+            for *_, future in self._pending.values():
                 _expire(future)  # its attempt times out; a retry opens a new socket
         self._pending.clear()
         self._sock.close()
