@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"cost per operation (CPU, best of {args.rounds} x {args.iterations}):")
     names = {
         "jws_verify_es256_bare_s": "JWS ES256 verify, bare ECDSA P-256",
-        "jws_verify_es256_server_path_s": "JWS ES256 verify, server path (parse+joserfc)",
+        "jws_verify_es256_server_path_s": "JWS ES256 verify, server path (parse + verify)",
         "check_csr_s": "check_csr (P-256 CSR, 1 name)",
         "issue_leaf_s": "CertificateAuthority.issue (P-256 issuer)",
     }

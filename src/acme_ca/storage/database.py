@@ -24,6 +24,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -123,6 +124,43 @@ def _pg_text(sql: str) -> str:
 
 _Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any]]
 
+# WAL checkpoints run on `_Checkpointer`'s thread every second. A checkpoint in the
+# committing connection (SQLite's default, every 1000 pages) copies the pages of the
+# last ~50 issuances into a large database file at random places and fsyncs it, inside
+# some request's commit; a WAL of this many pages is the fallback if the thread lags.
+_AUTOCHECKPOINT = 20_000
+_CHECKPOINT_SECONDS = 1.0
+
+
+class _Checkpointer:
+    """Passive WAL checkpoints on a thread of their own: they wait for no writer or
+    reader and block none, and the fsync of the database file happens off the loop."""
+
+    def __init__(self, path: str, *, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="acme-db-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self._stop.wait(_CHECKPOINT_SECONDS):
+            try:
+                if conn is None:
+                    conn = connect_sqlite(self._path, synchronous=self._synchronous)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None  # tried again on the next tick
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=LOCK_WAIT_SECONDS)
+
 
 class _GroupWriter:
     """The SQLite writer: batches the writes queued in one turn of the event loop into
@@ -196,7 +234,9 @@ class _GroupWriter:
     def _run_batch(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
         try:
             if self._conn is None:
-                self._conn = connect_sqlite(self._path, synchronous=self._synchronous)
+                self._conn = connect_sqlite(
+                    self._path, synchronous=self._synchronous, autocheckpoint=_AUTOCHECKPOINT
+                )
             conn = self._conn
         except BaseException as exc:
             return [(False, exc)] * len(batch)
@@ -279,8 +319,10 @@ class Database:
         self._pool_size = pool_size
         self._slots: asyncio.Semaphore | None = None
         self.nonce_log: SqliteNonceLog | None = None
+        self._checkpointer: _Checkpointer | None = None
         if sqlite_path is not None:
             self._writer = _GroupWriter(sqlite_path, synchronous=sqlite_synchronous)
+            self._checkpointer = _Checkpointer(sqlite_path, synchronous=sqlite_synchronous)
             self.nonce_log = SqliteNonceLog(sqlite_path)
 
     # ---- SQLite ------------------------------------------------------------------
@@ -396,6 +438,9 @@ class Database:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, checkpointer.close)
         if self._reader is not None:
             self._reader.close()
             self._reader = None

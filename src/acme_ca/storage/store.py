@@ -58,10 +58,13 @@ _INSERT_CHALLENGE = (
     "INSERT INTO challenges (id, authz_id, type, token, status, validated, error,"
     " validation_record) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)"
 )
+# `status || ''` keeps the planners off `ix_orders_status`: driven by that index the
+# query walks every pending order in the database (abandoned orders stay pending), by
+# the authz's `order_authzs` rows it reads one or two.
 _ORDERS_OF_AUTHZ = (
     "SELECT orders.id, orders.authz_ids FROM orders"
     " JOIN order_authzs ON order_authzs.order_id = orders.id"
-    " WHERE order_authzs.authz_id = ? AND orders.status = ?"
+    " WHERE order_authzs.authz_id = ? AND orders.status || '' = ?"
 )
 _ORDERS_OF_AUTHZ_PG = _ORDERS_OF_AUTHZ + " FOR UPDATE OF orders"
 _STALE_JOBS = "SELECT kind, target_id, lease_until FROM jobs WHERE lease_until < ? LIMIT ?"
@@ -536,7 +539,8 @@ class Storage:
                 return False
             await sql.run(
                 "UPDATE orders SET status = ?, error = ? WHERE id IN"
-                " (SELECT order_id FROM order_authzs WHERE authz_id = ?) AND status IN (?, ?)",
+                " (SELECT order_id FROM order_authzs WHERE authz_id = ?)"
+                " AND status || '' IN (?, ?)",  # not by ix_orders_status (_ORDERS_OF_AUTHZ)
                 (OrderStatus.INVALID, error, authz_id, OrderStatus.PENDING, OrderStatus.READY),
             )
             return True
