@@ -49,6 +49,27 @@ async def test_sqlite_writes_of_one_turn_share_a_commit_and_fail_alone(tmp_path:
         await db.close()
 
 
+async def _synchronous(sql: Sql) -> int:
+    row = await sql.one("PRAGMA synchronous")
+    assert row is not None
+    return int(row[0])
+
+
+async def test_sqlite_transient_writes_skip_their_own_fsync(tmp_path: Path) -> None:
+    # synchronous: 1 = NORMAL (no fsync at commit in WAL mode), 2 = FULL.
+    db = Database(sqlite_path=str(tmp_path / "s.db"), sqlite_synchronous="FULL")
+    try:
+        assert await db.write(_synchronous, durable=False) == 1
+        assert await db.write(_synchronous) == 2
+        # One durable write in a batch makes the whole batch durable.
+        together = await asyncio.gather(
+            db.write(_synchronous, durable=False), db.write(_synchronous)
+        )
+        assert list(together) == [2, 2]
+    finally:
+        await db.close()
+
+
 def _dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 

@@ -122,7 +122,8 @@ def _pg_text(sql: str) -> str:
     return text
 
 
-_Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any]]
+_Item = tuple[Unit[Any], tuple[Any, ...], asyncio.Future[Any], bool]
+"""A queued write: the unit, its arguments, its caller's future, whether it must be durable."""
 
 # WAL checkpoints run on `_Checkpointer`'s thread every second. A checkpoint in the
 # committing connection (SQLite's default, every 1000 pages) copies the pages of the
@@ -179,14 +180,15 @@ class _GroupWriter:
         self._lock_fd = os.open(f"{path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Item] = []
+        self._mode = synchronous
         self._scheduled = False
         self._waiting: asyncio.Future[list[tuple[bool, Any]]] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acme-db-writer")
 
-    def submit(self, fn: Unit[T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+    def submit(self, fn: Unit[T], args: tuple[Any, ...], *, durable: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, args, future))
+        self._pending.append((fn, args, future, durable))
         if not self._scheduled and self._waiting is None:
             self._scheduled = True
             loop.call_soon(self._flush, loop)
@@ -237,18 +239,27 @@ class _GroupWriter:
                 self._conn = connect_sqlite(
                     self._path, synchronous=self._synchronous, autocheckpoint=_AUTOCHECKPOINT
                 )
+                self._mode = self._synchronous
             conn = self._conn
         except BaseException as exc:
             return [(False, exc)] * len(batch)
         try:
+            # A batch of writes that need not survive a power cut commits without an
+            # fsync of its own (WAL, `synchronous=NORMAL`); the next durable commit
+            # syncs it too.
+            durable = self._synchronous not in ("FULL", "EXTRA") or any(i[3] for i in batch)
+            mode = self._synchronous if durable else "NORMAL"
+            if mode != self._mode:
+                conn.execute(f"PRAGMA synchronous={mode}")
+                self._mode = mode
             sql = Sql(conn, postgres=False)
             conn.execute("BEGIN IMMEDIATE")
             outcomes: list[tuple[bool, Any]] = []
             if len(batch) == 1:
-                fn, args, _ = batch[0]
+                fn, args, _, _ = batch[0]
                 outcomes.append((True, drive(fn(sql, *args))))
             else:
-                for fn, args, _ in batch:
+                for fn, args, _, _ in batch:
                     # Each write in its own savepoint: one that fails leaves no trace
                     # and does not undo the others.
                     conn.execute("SAVEPOINT unit")
@@ -288,7 +299,7 @@ class _GroupWriter:
 
 
 def _resolve(batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
-    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_, _, future, _), (ok, value) in zip(batch, outcomes, strict=True):
         if future.done():
             continue  # the caller was cancelled; the write happened all the same
         if ok:
@@ -424,14 +435,19 @@ class Database:
         """One statement, atomic by itself: on PostgreSQL without BEGIN and COMMIT round
         trips. The number of rows changed."""
         if self._writer is not None:
-            return await self._writer.submit(_run_one, (sql, params))
+            return await self._writer.submit(_run_one, (sql, params), durable=True)
         # Not retried: a statement whose connection broke may have committed.
         return await self._on_pool(_run_one, (sql, params), transaction=False, retry_safe=False)
 
-    async def write(self, fn: Unit[T], *args: Any) -> T:
-        """`fn(sql, *args)` in a transaction, durable when this returns; all or nothing."""
+    async def write(self, fn: Unit[T], *args: Any, durable: bool = True) -> T:
+        """`fn(sql, *args)` in a transaction, all or nothing; durable when this returns.
+
+        `durable=False` is for transient states a power cut may take back (a challenge
+        or an order in `processing`): on SQLite their commit waits for no fsync of its
+        own; they become durable with the next durable commit.
+        """
         if self._writer is not None:
-            return await self._writer.submit(fn, args)
+            return await self._writer.submit(fn, args, durable=durable)
         return await self._on_pool(fn, args, transaction=True, retry_safe=False)
 
     async def close(self) -> None:

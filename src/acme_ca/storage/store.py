@@ -429,7 +429,9 @@ class Storage:
             await sql.run(_INSERT_JOB, ("validate", challenge_id, codec.to_us(lease_until)))
             return True
 
-        return await self._db.write(run)
+        # Transient: a power cut may take `processing` back to `pending` (the client
+        # answers the challenge again); the validation's result is committed durably.
+        return await self._db.write(run, durable=False)
 
     async def finish_validation(
         self,
@@ -564,7 +566,10 @@ class Storage:
             await sql.run(_INSERT_JOB, ("issue", order_id, codec.to_us(lease_until)))
             return True
 
-        return await self._db.write(run)
+        # Transient: a power cut may take `processing` back to `ready` (the client
+        # finalizes again, a new serial is chosen); no certificate leaves the CA before
+        # `finish_issuance` has committed it durably.
+        return await self._db.write(run, durable=False)
 
     async def get_order_serial(self, order_id: str) -> str | None:
         row = await self._db.read(_one, "SELECT serial FROM orders WHERE id = ?", (order_id,))
