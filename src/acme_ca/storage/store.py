@@ -403,26 +403,24 @@ class Storage:
         now = codec.to_us(self._clock.now())
 
         async def run(sql: Sql) -> bool:
-            if (
-                await sql.one(
-                    "SELECT id FROM authzs WHERE id = ? AND status = ? AND expires > ?",
-                    (authz_id, AuthzStatus.PENDING, now),
-                )
-                is None
-            ):
-                return False
-            # RFC 8555 §7.1.6: only one challenge of an authz is attempted at a time.
-            if (
-                await sql.one(
-                    "SELECT id FROM challenges WHERE authz_id = ? AND status <> ? LIMIT 1",
-                    (authz_id, ChallengeStatus.PENDING),
-                )
-                is not None
-            ):
-                return False
+            # One statement: the authz is pending and alive, and (RFC 8555 §7.1.6) no
+            # other challenge of it is being or was attempted.
             changed = await sql.run(
-                "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?",
-                (ChallengeStatus.PROCESSING, challenge_id, authz_id, ChallengeStatus.PENDING),
+                "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?"
+                " AND EXISTS (SELECT 1 FROM authzs WHERE id = ? AND status = ? AND expires > ?)"
+                " AND NOT EXISTS (SELECT 1 FROM challenges AS other"
+                " WHERE other.authz_id = ? AND other.status <> ?)",
+                (
+                    ChallengeStatus.PROCESSING,
+                    challenge_id,
+                    authz_id,
+                    ChallengeStatus.PENDING,
+                    authz_id,
+                    AuthzStatus.PENDING,
+                    now,
+                    authz_id,
+                    ChallengeStatus.PENDING,
+                ),
             )
             if changed != 1:
                 return False
@@ -500,10 +498,9 @@ class Storage:
                         OrderStatus.PENDING,
                     ),
                 )
-            elif await _all_valid(sql, json.loads(order_row["authz_ids"]), now):
-                await sql.run(
-                    "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
-                    (OrderStatus.READY, order_row["id"], OrderStatus.PENDING),
+            else:
+                await _ready_if_all_valid(
+                    sql, order_row["id"], json.loads(order_row["authz_ids"]), now
                 )
 
     async def settle_order(self, order_id: str) -> None:
@@ -515,11 +512,8 @@ class Storage:
                 "SELECT authz_ids FROM orders WHERE id = ? AND status = ?",
                 (order_id, OrderStatus.PENDING),
             )
-            if row is not None and await _all_valid(sql, json.loads(row["authz_ids"]), now):
-                await sql.run(
-                    "UPDATE orders SET status = ? WHERE id = ? AND status = ?",
-                    (OrderStatus.READY, order_id, OrderStatus.PENDING),
-                )
+            if row is not None:
+                await _ready_if_all_valid(sql, order_id, json.loads(row["authz_ids"]), now)
 
         await self._db.write(run)
 
@@ -727,14 +721,19 @@ class Storage:
         return str(row["value"])
 
 
-async def _all_valid(sql: Sql, authz_ids: Sequence[str], now: int) -> bool:
-    if not authz_ids:
-        return True
-    marks = ", ".join("?" * len(authz_ids))
-    row = await sql.one(
-        f"SELECT count(*) AS n FROM authzs WHERE id IN ({marks})"  # noqa: S608 - only '?' marks
-        " AND (status <> ? OR expires <= ?)",
-        (*authz_ids, AuthzStatus.VALID, now),
+async def _ready_if_all_valid(sql: Sql, order_id: str, authz_ids: Sequence[str], now: int) -> None:
+    """pending → ready when every authz of the order is valid and alive, in one statement."""
+    marks = ", ".join("?" * len(authz_ids)) or "NULL"
+    await sql.run(
+        "UPDATE orders SET status = ? WHERE id = ? AND status = ?"  # noqa: S608 - only '?' marks
+        f" AND NOT EXISTS (SELECT 1 FROM authzs WHERE id IN ({marks})"
+        " AND (status <> ? OR expires <= ?))",
+        (
+            OrderStatus.READY,
+            order_id,
+            OrderStatus.PENDING,
+            *authz_ids,
+            AuthzStatus.VALID,
+            now,
+        ),
     )
-    assert row is not None
-    return int(row["n"]) == 0
