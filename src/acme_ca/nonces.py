@@ -19,6 +19,7 @@ import struct
 
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, ProblemType
+from acme_ca.model import Account
 from acme_ca.storage.store import Storage
 
 __all__ = ["NonceService", "bad_nonce"]
@@ -64,8 +65,13 @@ class NonceService:
         body = struct.pack(">Q", expires) + secrets.token_bytes(_RANDOM_BYTES)
         return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode("ascii")
 
-    async def redeem(self, nonce: str | None) -> None:
-        """Raise `badNonce` unless `nonce` is ours, unexpired and unused."""
+    async def redeem(self, nonce: str | None, *, account: Account | None = None) -> bool:
+        """Raise `badNonce` unless `nonce` is ours, unexpired and unused.
+
+        With `account` (a copy the caller kept), the nonce is redeemed only if that
+        account is still valid with the same key, in the same statement; False (and the
+        nonce still unused) when it no longer is. Otherwise True.
+        """
         if not nonce:
             raise bad_nonce("JWS has no anti-replay nonce")
         try:
@@ -83,5 +89,14 @@ class NonceService:
         expires = dt.datetime.fromtimestamp(expires_s, dt.UTC)
         if expires <= self._clock.now():
             raise bad_nonce("JWS nonce has expired")
-        if not await self._storage.redeem_nonce(nonce, expires):
+        if account is not None:
+            redeemed = await self._storage.redeem_nonce_for_account(
+                nonce, expires, account_id=account.id, thumbprint=account.thumbprint
+            )
+            if redeemed is None:
+                return False
+        else:
+            redeemed = await self._storage.redeem_nonce(nonce, expires)
+        if not redeemed:
             raise bad_nonce("JWS nonce has already been used")
+        return True

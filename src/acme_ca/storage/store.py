@@ -48,6 +48,8 @@ class StorageReader(Protocol):
     async def list_order_ids(
         self, account_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> tuple[list[str], tuple[int, str] | None]: ...
+    @property
+    def checks_accounts_at_redemption(self) -> bool: ...
 
 
 _INSERT_AUTHZ = (
@@ -662,6 +664,34 @@ class Storage:
         except IntegrityError:
             return False
         return True
+
+    @property
+    def checks_accounts_at_redemption(self) -> bool:
+        """Whether `redeem_nonce_for_account` checks the account in the same statement
+        (PostgreSQL: one round trip for both; SQLite keeps nonces in a side file)."""
+        return self._db.nonce_log is None
+
+    async def redeem_nonce_for_account(
+        self, value: str, expires: dt.datetime, *, account_id: str, thumbprint: str
+    ) -> bool | None:
+        """Redeem the nonce if the account is still valid with this key: True; False if
+        the nonce was used before; None (nothing redeemed) if the account changed."""
+        if self._db.nonce_log is not None:
+            account = await self.get_account(account_id)
+            if account is None or account.status != AccountStatus.VALID:
+                return None
+            if account.thumbprint != thumbprint:
+                return None
+            return await self.redeem_nonce(value, expires)
+        try:
+            inserted = await self._db.write_one(
+                "INSERT INTO used_nonces (value, expires) SELECT ?, ? WHERE EXISTS"
+                " (SELECT 1 FROM accounts WHERE id = ? AND status = ? AND thumbprint = ?)",
+                (value, codec.to_us(expires), account_id, AccountStatus.VALID, thumbprint),
+            )
+        except IntegrityError:
+            return False
+        return True if inserted == 1 else None
 
     async def purge_used_nonces(self, now: dt.datetime) -> int:
         cutoff = codec.to_us(now)

@@ -48,7 +48,7 @@ def _require_post_as_get(jws: ParsedJws, what: str) -> None:
 
 
 async def new_order(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     req = parse_new_order(verified.jws.payload_json())
     created = await fe.ra.orders.new_order(verified.require_account(), req)
     return _order_response(fe, created, status=201)
@@ -63,7 +63,7 @@ async def _own_order(fe: FrontEnd, account: Account, order_id: str) -> Order:
 
 
 async def order(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     # RFC 8555 §7.1.3: orders change only via finalize; this is POST-as-GET only.
     _require_post_as_get(verified.jws, "An order")
     found = await _own_order(fe, verified.require_account(), request.path_params["order_id"])
@@ -71,7 +71,7 @@ async def order(fe: FrontEnd, request: Request) -> Response:
 
 
 async def finalize(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     account = verified.require_account()
     found = await _own_order(fe, account, request.path_params["order_id"])
     req = parse_finalize(verified.jws.payload_json())
@@ -89,7 +89,7 @@ async def _own_authz(fe: FrontEnd, account: Account, authz_id: str) -> Authoriza
 
 
 async def authz(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     account = verified.require_account()
     found = await _own_authz(fe, account, request.path_params["authz_id"])
     if not verified.jws.is_post_as_get:
@@ -106,7 +106,7 @@ def _challenge_response(fe: FrontEnd, authz_: Authorization, chall: Challenge) -
 
 
 async def challenge(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     account = verified.require_account()
     found = await _own_authz(fe, account, request.path_params["authz_id"])
     chall = next((c for c in found.challenges if c.id == request.path_params["challenge_id"]), None)
@@ -128,7 +128,7 @@ async def challenge(fe: FrontEnd, request: Request) -> Response:
 
 
 async def certificate(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, kept_account=True)
     _require_post_as_get(verified.jws, "A certificate")
     account = verified.require_account()
     cert = await fe.storage.get_certificate(request.path_params["cert_id"])
