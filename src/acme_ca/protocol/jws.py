@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ ALLOWED_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "ES384", "ES512", "EdDS
 _EC_ALG_FOR_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _FLATTENED_MEMBERS = frozenset({"protected", "payload", "signature"})
-_B64URL_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,7 +90,7 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode(value: str, *, what: str) -> bytes:
     """Strict base64url without padding (RFC 7515 §2)."""
-    if not isinstance(value, str) or not set(value) <= _B64URL_ALPHABET or len(value) % 4 == 1:
+    if not isinstance(value, str) or not _B64URL.fullmatch(value) or len(value) % 4 == 1:
         raise malformed(f"{what} is not valid base64url without padding")
     try:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
