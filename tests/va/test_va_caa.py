@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from acme_ca.errors import Identifier, ProblemType
+from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.testing import ChallengeTestServer
 from acme_ca.va import DnsResolver, VAConfig
-from acme_ca.va.caa import CaaChecker, IssueValue, parse_issue_value
+from acme_ca.va.caa import CaaChecker, IssueValue, parse_issue_value, relevant_rrset
 
 CA = "ca.example.net"
 ACCOUNT = "https://acme.test/acme/acct/abc"
@@ -188,3 +188,37 @@ async def test_ip_identifiers_have_no_caa(checker: CaaChecker) -> None:
 def test_checker_needs_an_identity() -> None:
     with pytest.raises(ValueError, match="identity"):
         CaaChecker(DnsResolver(VAConfig(dns_resolver=("127.0.0.1", 53))), ())
+
+
+# ---- the walk up the name (RFC 8659 §3) --------------------------------------------------
+
+
+class _WalkResolver:
+    """CAA answers per name; a name in `failing` raises the resolver's dns problem."""
+
+    def __init__(self, records: dict[str, list[tuple[int, str, str]]], failing: set[str]) -> None:
+        self._records = records
+        self._failing = failing
+        self.asked: list[str] = []
+
+    async def caa(self, name: str) -> list[tuple[int, str, str]]:
+        self.asked.append(name)
+        if name in self._failing:
+            raise AcmeError(type=ProblemType.DNS, detail=f"SERVFAIL looking up CAA for {name}")
+        return self._records.get(name, [])
+
+
+async def test_walk_asks_every_level_at_once_and_takes_the_closest_rrset() -> None:
+    resolver = _WalkResolver({"b.example": [(0, "issue", CA)]}, failing={"example"})
+    owner, records = await relevant_rrset(resolver, "a.b.example")  # type: ignore[arg-type]
+    # A failure above the closest non-empty RRset does not matter.
+    assert owner == "b.example"
+    assert [r.value for r in records] == [CA]
+    assert sorted(resolver.asked) == ["a.b.example", "b.example", "example"]
+
+
+async def test_walk_fails_on_a_failure_below_the_closest_rrset() -> None:
+    resolver = _WalkResolver({"example": [(0, "issue", CA)]}, failing={"b.example"})
+    with pytest.raises(AcmeError) as failed:
+        await relevant_rrset(resolver, "a.b.example")  # type: ignore[arg-type]
+    assert failed.value.type == ProblemType.DNS
