@@ -263,3 +263,12 @@ async def test_directory_post_with_payload_is_malformed(make_client: ClientFacto
     with pytest.raises(AcmeProblem) as info:
         await client.post(client.directory_url, {"a": 1})
     assert info.value.type == ERR + "malformed"
+
+
+@pytest.mark.parametrize(
+    "path", ["/directory/", "//directory", "/acme/new-order/", "/acme//new-order"]
+)
+async def test_paths_match_exactly(http: httpx.AsyncClient, path: str) -> None:
+    resp = await http.get(path)
+    assert resp.status_code == 404
+    assert resp.headers["content-type"] == "application/problem+json"

@@ -118,7 +118,7 @@ def _route(
         path=path,
         methods=frozenset(allowed),
         endpoint=endpoint,
-        segments=tuple(path.strip("/").split("/")),
+        segments=tuple(path[1:].split("/")),
     )
 
 
@@ -154,7 +154,8 @@ class AcmeApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets are the composition root's business
-        parts = scope["path"].strip("/").split("/")
+        # Exact paths: "/directory/" or "//directory" is another resource (404).
+        parts = scope["path"][1:].split("/")
         allowed: set[str] = set()
         for route in self._by_length.get(len(parts), ()):
             params = _match(route, parts)
