@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from acme_ca.storage.database import Database
 from acme_ca.storage.executor import AsyncishEngine
-from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, lock_with_deadline
+from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, lock_with_deadline, set_wal
 
 __all__ = ["Engines", "create_engines", "is_sqlite", "normalize_url", "sqlite_url"]
 
@@ -81,7 +79,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout=30000")
-        _set_wal(cursor)
+        set_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -116,21 +114,6 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
 
 
 _LOCKED = "acme_ca_writer_lock"
-
-
-def _set_wal(cursor: Any) -> None:
-    """Switch to WAL. On a new file, connections of several processes starting at once
-    race for it and the losers get "database is locked" at once (the journal-mode change
-    does not wait on the busy handler), so retry for a bounded time."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _writer_lock_fd(url: str) -> int | None:

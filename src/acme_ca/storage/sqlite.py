@@ -6,7 +6,7 @@ import fcntl
 import sqlite3
 import time
 
-__all__ = ["LOCK_WAIT_SECONDS", "connect_sqlite", "lock_with_deadline"]
+__all__ = ["LOCK_WAIT_SECONDS", "connect_sqlite", "lock_with_deadline", "set_wal"]
 
 # As SQLite's own busy timeout: a writer waits this long, then fails "database is locked".
 LOCK_WAIT_SECONDS = 30.0
@@ -27,6 +27,21 @@ def lock_with_deadline(fd: int, seconds: float) -> None:
             delay = min(delay * 2, 0.002)
 
 
+def set_wal(cursor: sqlite3.Connection | sqlite3.Cursor) -> None:
+    """Switch to WAL. On a new file, connections of several processes starting at once
+    race for it and the losers get "database is locked" at once (the journal-mode change
+    does not wait on the busy handler), so retry for a bounded time."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def connect_sqlite(
     path: str, *, synchronous: str, autocheckpoint: int | None = None
 ) -> sqlite3.Connection:
@@ -34,18 +49,11 @@ def connect_sqlite(
     conn.isolation_level = None  # we emit BEGIN ourselves
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        # On a new file, connections of several processes race for WAL and the losers
-        # get "database is locked" at once (this does not wait on the busy handler).
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                conn.close()
-                raise
-            time.sleep(0.01)
+    try:
+        set_wal(conn)
+    except sqlite3.Error:
+        conn.close()
+        raise
     conn.execute(f"PRAGMA synchronous={synchronous}")
     # 32 MiB of page cache (SQLite's default is 2 MiB): with millions of rows the
     # upper levels of every index stay in memory, instead of a pread per B-tree level.
