@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -44,21 +45,44 @@ _LOG_TAIL_LINES = 60
 # -- ports and processes -------------------------------------------------------------------
 
 
+def _below_ephemeral_range() -> range:
+    """Ports the kernel never hands out as the local end of an outgoing connection.
+
+    A port found free now is bound later, by a server or a client's responder; taken
+    from the ephemeral range, any outgoing connection in between (a database client, a
+    validation) may take it first ("address already in use").
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), max(1025, low - 1))
+
+
+def _bindable(port: int, *, udp_too: bool) -> bool:
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(*, udp_too: bool = False) -> int:
-    """An ephemeral loopback port that is free now (for TCP, and for UDP if asked)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port: int = tcp.getsockname()[1]
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
+    """A loopback port that is free now (for TCP, and for UDP if asked), below the
+    ephemeral range so that no outgoing connection takes it before it is bound."""
+    candidates = _below_ephemeral_range()
+    for _ in range(200):
+        port = secrets.choice(candidates)
+        if port not in _HANDED_OUT and _bindable(port, udp_too=udp_too):
+            _HANDED_OUT.add(port)
+            return port
     raise RuntimeError("no free loopback port")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def _start(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
