@@ -285,3 +285,26 @@ async def test_non_object_payload_on_order_is_malformed(
     header = {"kid": client.kid, "nonce": await fresh_nonce(http), "url": order_url}
     resp = await post_raw(http, order_url.removeprefix(BASE), raw_jws(client.key, header, b"[]"))
     _problem(resp, 400, "malformed")
+
+
+async def test_client_gone_before_its_body_is_no_internal_error(http: httpx.AsyncClient) -> None:
+    # A raw ASGI call whose client disconnects before the body arrives.
+    app = http._transport.app  # type: ignore[attr-defined]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/acme/new-order",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/jose+json")],
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert dict(sent[0]["headers"])[b"content-type"] == b"application/problem+json"  # type: ignore[call-overload]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
 from acme_ca.model import Account, AccountStatus
@@ -94,11 +94,15 @@ class Gate:
             raise _too_large(self._max_body)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._max_body:
-                raise _too_large(self._max_body)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise _too_large(self._max_body)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Gone before its request was read: nothing happened, nobody to answer.
+            raise malformed("The client disconnected before sending its request") from None
         if not size:
             raise malformed("Request body is empty")
         return b"".join(chunks)
