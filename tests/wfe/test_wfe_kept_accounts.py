@@ -57,6 +57,21 @@ async def test_old_key_is_refused_at_once_after_a_key_change_elsewhere(
         assert (await here.new_order(["kept3.example.test"])).status == 201
 
 
+async def test_new_key_is_accepted_at_once_after_a_key_change_elsewhere(
+    service: AcmeService, other: AcmeService
+) -> None:
+    key = generate_key("p256")
+    async with client_for(service, key=key) as here:
+        await here.new_order(["kept6.example.test"])  # this front end now knows the account
+        async with client_for(other, register=False, key=key) as there:
+            there.kid = here.kid
+            await _change_key(there)
+        # Straight away with the new key: the kept copy (old key) must not refuse it.
+        here.key = there.key
+        here._thumbprint = here.thumbprint
+        assert (await here.new_order(["kept7.example.test"])).status == 201
+
+
 async def test_deactivation_elsewhere_holds_at_once(
     service: AcmeService, other: AcmeService
 ) -> None:
