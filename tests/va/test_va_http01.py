@@ -136,19 +136,27 @@ async def test_relative_redirect(server: HttpServer) -> None:
     assert result.records[1]["url"] == "http://example.com/moved"
 
 
+@pytest.mark.parametrize(
+    ("host", "sni"),
+    [
+        ("other.example", "other.example"),
+        # RFC 6066 §3: no SNI for an IP literal.
+        ("127.0.0.1", None),
+    ],
+)
 async def test_redirect_to_https_uses_sni_without_verifying(
-    server: HttpServer, tmp_path: Path
+    server: HttpServer, tmp_path: Path, host: str, sni: str | None
 ) -> None:
     cert = make_cert(tmp_path, names=[x509.DNSName("not-the-name.invalid")])
     async with HttpServer(server_context(cert)) as https:
         https.routes["/secure"] = Route(body=KEY_AUTH.encode())
         server.routes[CHALLENGE_PATH] = Route(
-            status=307, headers=[("Location", "https://other.example/secure")]
+            status=307, headers=[("Location", f"https://{host}/secure")]
         )
         result = await _validate(_config(server, tlsalpn01_port=https.port))
         assert result.error is None, result.error
-        assert https.sni == ["other.example"]
-        assert https.requests[0].host == "other.example"
+        assert https.sni == [sni]
+        assert https.requests[0].host == host
         assert result.records[1]["port"] == str(https.port)
 
 
@@ -420,18 +428,3 @@ async def test_redirect_path_is_percent_encoded_on_the_wire(server: HttpServer) 
     result = await _validate(_config(server))
     assert result.error is None, result.error
     assert server.requests[1].path == "/a%20b/c?q=x%20y"
-
-
-async def test_redirect_to_https_ip_literal_sends_no_sni(
-    server: HttpServer, tmp_path: Path
-) -> None:
-    cert = make_cert(tmp_path, names=[x509.DNSName("not-the-name.invalid")])
-    async with HttpServer(server_context(cert)) as https:
-        https.routes["/secure"] = Route(body=KEY_AUTH.encode())
-        server.routes[CHALLENGE_PATH] = Route(
-            status=302, headers=[("Location", "https://127.0.0.1/secure")]
-        )
-        result = await _validate(_config(server, tlsalpn01_port=https.port))
-        assert result.error is None, result.error
-        assert https.sni == [None]
-        assert https.requests[0].host == "127.0.0.1"

@@ -248,13 +248,6 @@ class RateLimiter:
             key = _failure_key(account_id, identifier)
             await self._bump([(LimitName.FAILED_VALIDATIONS, limit, key)], now)
 
-    async def record_issuance(
-        self, account_id: str, identifiers: Sequence[Identifier], now: dt.datetime
-    ) -> None:
-        items = self._issuance_items(account_id, identifiers)
-        if items:
-            await self._bump(items, now)
-
     def issuance_counters(
         self, account_id: str, identifiers: Sequence[Identifier], now: dt.datetime
     ) -> list[tuple[str, str, int]]:

@@ -49,8 +49,8 @@ _MAX_BATCH = 256
 class Sql:
     """One connection for the length of one unit of work; every method is awaited.
 
-    On SQLite the methods never suspend (the driver is synchronous), so the writer
-    thread drives a unit with `drive` and readers await it without a context switch.
+    On SQLite the methods never suspend (the driver is synchronous), so the group
+    writer drives a unit with `drive` and readers await it without a context switch.
     On PostgreSQL they are psycopg's asynchronous calls.
     """
 
@@ -333,7 +333,6 @@ class Database:
         self._checkpointer: _Checkpointer | None = None
         if sqlite_path is not None:
             self._writer = _GroupWriter(sqlite_path, synchronous=sqlite_synchronous)
-            self._checkpointer = _Checkpointer(sqlite_path, synchronous=sqlite_synchronous)
             self.nonce_log = SqliteNonceLog(sqlite_path)
 
     # ---- SQLite ------------------------------------------------------------------
@@ -343,6 +342,13 @@ class Database:
             assert self._sqlite_path is not None
             self._reader = connect_sqlite(self._sqlite_path, synchronous=self._synchronous)
         return self._reader
+
+    def _start_checkpoints(self) -> None:
+        # Only a process that writes through the request path grows the WAL this way;
+        # admin commands and the status listener keep SQLite's own checkpoints.
+        if self._checkpointer is None:
+            assert self._sqlite_path is not None
+            self._checkpointer = _Checkpointer(self._sqlite_path, synchronous=self._synchronous)
 
     # ---- PostgreSQL --------------------------------------------------------------
 
@@ -435,6 +441,7 @@ class Database:
         """One statement, atomic by itself: on PostgreSQL without BEGIN and COMMIT round
         trips. The number of rows changed."""
         if self._writer is not None:
+            self._start_checkpoints()
             return await self._writer.submit(_run_one, (sql, params), durable=True)
         # Not retried: a statement whose connection broke may have committed.
         return await self._on_pool(_run_one, (sql, params), transaction=False, retry_safe=False)
@@ -447,6 +454,7 @@ class Database:
         own; they become durable with the next durable commit.
         """
         if self._writer is not None:
+            self._start_checkpoints()
             return await self._writer.submit(fn, args, durable=durable)
         return await self._on_pool(fn, args, transaction=True, retry_safe=False)
 

@@ -726,12 +726,6 @@ class Storage:
 
         return await self._db.write(run)
 
-    async def challenge_authz_id(self, challenge_id: str) -> str | None:
-        row = await self._db.read(
-            _one, "SELECT authz_id FROM challenges WHERE id = ?", (challenge_id,)
-        )
-        return row["authz_id"] if row is not None else None
-
     # ---- settings --------------------------------------------------------------
 
     async def get_or_create_setting(self, name: str, default: str) -> str:
