@@ -155,7 +155,13 @@ async def test_an_issuance_killed_midway_is_finished_by_another_process(cluster:
     """SIGKILL a process inside `finish_issuance`, deterministically: the test holds
     an EXCLUSIVE lock on `certificates`, so the process stops at its INSERT with the
     order already `processing` and its issuance job queued. Its transaction dies with
-    it; another process takes the job up after the lease, with the same serial."""
+    it; another process takes the job up after the lease, with the same serial.
+
+    The statements of `finish_issuance` reach PostgreSQL in one pipeline with the Sync
+    that commits them, so a backend that outlives its client would commit them once
+    the lock is released (as if the process had died just after its COMMIT, which is
+    also safe); the test ends that backend as the client's death would end it with
+    `client_connection_check_interval`."""
     a, b = await cluster.start(2, job_lease_seconds=2, log_level="info")
     at_a = await cluster.client([a.port])
     order = await run_flow_until_ready(at_a, cluster)
@@ -167,8 +173,9 @@ async def test_an_issuance_killed_midway_is_finished_by_another_process(cluster:
         lock.execute("LOCK TABLE certificates IN EXCLUSIVE MODE")
         csr = build_csr(generate_key("p256"), [order.name])
         finalize = asyncio.create_task(at_a.finalize(order.finalize_url, csr))
-        await _wait_for_blocked_insert(cluster.database, finalize)
+        blocked = await _wait_for_blocked_insert(cluster.database, finalize)
         a.kill()
+        _terminate_backend(cluster.database, blocked)
         lock.rollback()
     with pytest.raises(httpx.TransportError):
         await finalize
@@ -212,22 +219,27 @@ def pg_dsn(database: str) -> str:
     return make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _wait_for_blocked_insert(database: str, finalize: asyncio.Task[object]) -> None:
-    """Until a server connection waits on our lock with its certificate INSERT."""
+async def _wait_for_blocked_insert(database: str, finalize: asyncio.Task[object]) -> int:
+    """Until a server connection waits on our lock with its certificate INSERT; its pid."""
     name = make_url(database).database
     deadline = time.monotonic() + 20
     with psycopg.connect(pg_dsn(database), autocommit=True) as conn:
         while time.monotonic() < deadline:
             assert not finalize.done(), finalize
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s"
                 " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO certificates%%'",
                 (name,),
             ).fetchone()
-            if row and row[0]:
-                return
+            if row is not None:
+                return int(row[0])
             await asyncio.sleep(0.05)
     raise TimeoutError("no issuance reached the certificate INSERT")
+
+
+def _terminate_backend(database: str, pid: int) -> None:
+    with psycopg.connect(pg_dsn(database), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
 def _order_serial(database: str, order_id: str) -> str:

@@ -4,6 +4,9 @@ PostgreSQL surviving a server that dropped its connections."""
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -88,17 +91,162 @@ async def test_postgres_pool_recovers_when_the_server_drops_its_connections(
     db = Database(postgres_dsn=dsn, pool_size=2)
     try:
         pid = await db.read(_backend_pid)
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        _terminate(dsn, pid)
         # A read on the dead pooled connection is run again on a new one.
         assert await db.read(_backend_pid) != pid
         pid = await db.read(_backend_pid)
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        # A single-statement write is not retried (it may have committed) ...
+        _terminate(dsn, pid)
+        # The goodbye of the server is seen before a write is sent: a new connection.
+        assert await db.write_one("SELECT 1") in (-1, 1)
+        # A statement whose connection breaks under it is not retried (it may have
+        # committed) ...
         with pytest.raises(psycopg.OperationalError):
-            await db.write_one("SELECT 1")
+            await db.write_one("SELECT pg_terminate_backend(pg_backend_pid())")
         # ... but the dead connection is gone, and the next one works.
         assert await db.write_one("SELECT 1") in (-1, 1)
     finally:
         await db.close()
+
+
+def _terminate(dsn: str, pid: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # Wait until the backend is gone, so its goodbye is on the socket.
+        for _ in range(100):
+            row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+            if row.fetchone() == (0,):
+                return
+            time.sleep(0.01)
+
+
+_KILL_MYSELF = "SELECT pg_terminate_backend(pg_backend_pid())"
+
+
+async def _keys(sql: Sql, prefix: str) -> list[str]:
+    rows = await sql.all("SELECT k FROM t WHERE k LIKE ? ORDER BY k", (f"{prefix}%",))
+    return [r["k"] for r in rows]
+
+
+@pytest.fixture
+async def pg_db(postgres_database: str) -> AsyncIterator[Database]:
+    db = Database(postgres_dsn=_dsn(postgres_database), pool_size=1)
+    await db.write(_create)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+def syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Round trips on PostgreSQL: every one ends with a pipeline sync."""
+    counted: list[int] = []
+    sync = psycopg.AsyncPipeline.sync
+
+    async def counting(self: psycopg.AsyncPipeline) -> None:
+        counted.append(1)
+        await sync(self)
+
+    monkeypatch.setattr(psycopg.AsyncPipeline, "sync", counting)
+    return counted
+
+
+@pytest.mark.postgres
+async def test_postgres_statements_ride_one_round_trip_where_no_result_is_awaited(
+    pg_db: Database, syncs: list[int]
+) -> None:
+    p = uuid.uuid4().hex
+
+    async def effects_only(sql: Sql) -> None:
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}a",))
+        await sql.many("INSERT INTO t (k, v) VALUES (?, 1)", [(f"{p}b",), (f"{p}c",)])
+
+    async def with_a_result(sql: Sql) -> int:
+        changed = await sql.run("UPDATE t SET v = v + 1 WHERE k = ?", (f"{p}a",))
+        await sql.send("DELETE FROM t WHERE k = ?", (f"{p}b",))
+        return changed
+
+    async def finished(sql: Sql) -> list[int]:
+        return await sql.finish(
+            [
+                ("UPDATE t SET v = 5 WHERE k = ?", (f"{p}c",)),
+                # Sees the UPDATE before it, in the same transaction.
+                ("DELETE FROM t WHERE k = ? AND EXISTS (SELECT 1 FROM t WHERE v = 5)", (f"{p}a",)),
+            ]
+        )
+
+    await pg_db.write(effects_only)
+    assert len(syncs) == 1  # an implicit transaction: no BEGIN, its Sync commits it
+    syncs.clear()
+    assert await pg_db.write(with_a_result) == 1
+    assert len(syncs) == 2  # BEGIN with the UPDATE; the DELETE with the COMMIT
+    syncs.clear()
+    assert await pg_db.write(finished) == [1, 1]
+    assert len(syncs) == 1
+    assert await pg_db.read(_keys, p) == [f"{p}c"]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_unit_failing_mid_pipeline_keeps_nothing_and_its_connection(
+    pg_db: Database,
+) -> None:
+    p = uuid.uuid4().hex
+    pid = await pg_db.read(_backend_pid)
+
+    async def implicit(sql: Sql) -> None:
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}a",))
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}a",))  # duplicate
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}b",))
+
+    async def explicit(sql: Sql) -> None:
+        await sql.run("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}c",))
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}c",))  # duplicate
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}d",))
+
+    async def raises(sql: Sql) -> None:
+        await sql.run("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}e",))
+        await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}f",))
+        raise LookupError("the unit's own error")
+
+    for unit in (implicit, explicit):
+        with pytest.raises(IntegrityError):
+            await pg_db.write(unit)
+        # The pipeline is back in step: the same connection serves on.
+        assert await pg_db.read(_backend_pid) == pid
+    with pytest.raises(LookupError):
+        await pg_db.write(raises)
+    assert await pg_db.read(_keys, p) == []
+    assert await pg_db.write(_insert, f"{p}g") == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_a_transaction_is_retried_only_before_it_may_have_committed(
+    pg_db: Database,
+) -> None:
+    p = uuid.uuid4().hex
+    calls: list[str] = []
+
+    async def dies_before_commit(sql: Sql) -> None:
+        calls.append("before")
+        if len(calls) == 1:
+            await sql.send("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}a",))
+            await sql.run(_KILL_MYSELF)  # with BEGIN, no COMMIT sent yet
+        await sql.run("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}b",))
+
+    await pg_db.read(_backend_pid)  # a pooled connection, so a retry is allowed
+    await pg_db.write(dies_before_commit)
+    assert calls == ["before", "before"]
+    assert await pg_db.read(_keys, p) == [f"{p}b"]
+
+    calls.clear()
+
+    async def dies_with_commit(sql: Sql) -> None:
+        calls.append("with")
+        await sql.run("INSERT INTO t (k, v) VALUES (?, 1)", (f"{p}c",))
+        await sql.send(_KILL_MYSELF)  # goes with the COMMIT
+
+    await pg_db.read(_backend_pid)
+    with pytest.raises(psycopg.OperationalError):
+        await pg_db.write(dies_with_commit)
+    assert calls == ["with"]  # not retried: it might have committed
+    assert await pg_db.read(_keys, p) == [f"{p}b"]  # it did not, here: killed first

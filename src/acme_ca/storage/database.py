@@ -16,6 +16,12 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 - PostgreSQL runs every unit on the event loop with psycopg's asynchronous
   connections from a small pool (measured: 53 µs of CPU per statement, against 129 µs
   through a thread pool); PostgreSQL shares the WAL flush of concurrent commits itself.
+  The connections stay in pipeline mode, so a round trip carries as many statements
+  as the unit can send before it needs a result: BEGIN travels with the first
+  statement, statements sent for their effect only (`Sql.send`, `Sql.many`) travel
+  with the next awaited one or with the COMMIT, and a transaction that awaits nothing
+  is one round trip, its Sync committing it (an implicit transaction, PostgreSQL
+  protocol §55.2.4 "Pipelining").
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -46,55 +53,172 @@ IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.I
 _MAX_BATCH = 256
 
 
+# Where a PostgreSQL unit's transaction stands (`Sql._tx`).
+_NO_TX = 0
+"""Not a transaction: every statement is its own (a read, `write_one`)."""
+_BEGIN_DUE = 1
+"""A transaction with nothing sent yet: BEGIN goes with the first round trip."""
+_OPEN = 2
+"""BEGIN was sent."""
+_ENDED = 3
+"""COMMIT (or ROLLBACK) was sent."""
+
+_DRAIN_TRIES = 4
+
+
 class Sql:
     """One connection for the length of one unit of work; every method is awaited.
 
     On SQLite the methods never suspend (the driver is synchronous), so the group
     writer drives a unit with `drive` and readers await it without a context switch.
-    On PostgreSQL they are psycopg's asynchronous calls.
+    On PostgreSQL they are psycopg's asynchronous calls on a connection in pipeline
+    mode: `one`, `all` and `run` wait for their result; `send` and `many` do not, in
+    a transaction (their errors surface at the next round trip, and the unit fails).
     """
 
-    __slots__ = ("_conn", "done", "postgres")
+    __slots__ = ("_conn", "_pipeline", "_queued", "_tx", "committing", "done", "postgres")
 
-    def __init__(self, conn: Any, *, postgres: bool) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        *,
+        postgres: bool,
+        pipeline: psycopg.AsyncPipeline | None = None,
+        transaction: bool = False,
+    ) -> None:
         self._conn = conn
         self.postgres = postgres
+        self._pipeline = pipeline
+        self._queued: list[tuple[str, Any, bool]] = []
+        self._tx = _BEGIN_DUE if transaction else _NO_TX
         self.done = 0
-        """Statements completed (PostgreSQL): a unit that broke before any may be retried."""
+        """Round trips completed (PostgreSQL): a unit that broke before any may be retried."""
+        self.committing = False
+        """Whether something that commits was sent (PostgreSQL): never retried after that."""
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         if self.postgres:
-            cursor = await self._conn.execute(_pg_text(sql), params)
-            self.done += 1
+            (cursor,) = await self._roundtrip(((sql, params),))
             return await cursor.fetchone()
         return self._conn.execute(sql, params).fetchone()
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         if self.postgres:
-            cursor = await self._conn.execute(_pg_text(sql), params)
-            self.done += 1
+            (cursor,) = await self._roundtrip(((sql, params),))
             return list(await cursor.fetchall())
         return list(self._conn.execute(sql, params).fetchall())
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute; the number of rows changed."""
         if self.postgres:
-            cursor = await self._conn.execute(_pg_text(sql), params)
-            self.done += 1
+            (cursor,) = await self._roundtrip(((sql, params),))
         else:
             cursor = self._conn.execute(sql, params)
         rowcount: int = cursor.rowcount
         return rowcount
 
+    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Execute for its effect only: in a PostgreSQL transaction it goes with the next
+        round trip (the next awaited statement, or the COMMIT)."""
+        if not self.postgres:
+            self._conn.execute(sql, params)
+        elif self._tx == _NO_TX:
+            await self._roundtrip(((sql, params),))
+        else:
+            self._queued.append((_pg_text(sql), params, False))
+
     async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`send` once per row."""
         if not rows:
             return
-        if self.postgres:
-            async with self._conn.cursor() as cursor:
-                await cursor.executemany(_pg_text(sql), rows)
-            self.done += 1
-        else:
+        if not self.postgres:
             self._conn.executemany(sql, rows)
+            return
+        self._queued.append((_pg_text(sql), rows, True))
+        if self._tx == _NO_TX:
+            await self._roundtrip()
+
+    async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """The unit's last statements, executed in order; the number of rows each changed.
+
+        In a PostgreSQL transaction they go with the COMMIT: with what is queued, one
+        round trip. No statement may depend on another's result but through the
+        database (`WHERE EXISTS ...` on what an earlier one wrote).
+        """
+        if not self.postgres:
+            return [self._conn.execute(text, params).rowcount for text, params in statements]
+        assert self._tx != _ENDED, "a unit ends once"
+        cursors = await self._roundtrip(statements, commit=self._tx != _NO_TX)
+        return [cursor.rowcount for cursor in cursors]
+
+    async def commit(self) -> None:
+        """End the unit's transaction (PostgreSQL): COMMIT with whatever is still queued,
+        or, if BEGIN was never sent, the queued statements as one implicit transaction."""
+        if self._tx == _OPEN or self._queued:
+            await self._roundtrip(commit=True)
+        self._tx = _ENDED
+
+    async def rollback(self) -> None:
+        """After the unit failed (PostgreSQL): nothing it did is kept."""
+        self._queued.clear()
+        conn = self._conn
+        if self._tx != _OPEN or conn.broken:
+            return
+        self._tx = _ENDED
+        if conn.pgconn.transaction_status != _IDLE:
+            assert self._pipeline is not None
+            await conn.execute("ROLLBACK")
+            await self._pipeline.sync()
+
+    async def _roundtrip(
+        self, awaited: Sequence[tuple[str, Sequence[Any]]] = (), *, commit: bool = False
+    ) -> list[psycopg.AsyncCursor[Any]]:
+        """Send the queued statements, then the `awaited` ones (BEGIN before them if the
+        transaction starts here, COMMIT after them if `commit`), and wait for all their
+        results; the cursors of the `awaited`."""
+        conn, pipeline = self._conn, self._pipeline
+        assert pipeline is not None
+        begin = self._tx == _BEGIN_DUE and not commit
+        # From the first byte of a COMMIT, or of a statement that commits on its own (a
+        # Sync outside BEGIN), the unit may have committed.
+        self.committing = self.committing or commit or self._tx == _NO_TX
+        cursors = []
+        try:
+            if begin:
+                await conn.execute("BEGIN")
+                self._tx = _OPEN
+            queued, self._queued = self._queued, []
+            for q_text, q_params, rows in queued:
+                if rows:
+                    await conn.cursor().executemany(q_text, q_params)
+                else:
+                    await conn.execute(q_text, q_params)
+            for text, params in awaited:
+                cursors.append(await conn.execute(_pg_text(text), params))
+            if commit:
+                if self._tx == _OPEN:
+                    await conn.execute("COMMIT")
+                self._tx = _ENDED
+            await pipeline.sync()
+        except psycopg.Error:
+            if not conn.broken:
+                await _drain(conn, pipeline)
+            raise
+        self.done += 1
+        return cursors
+
+
+async def _drain(conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline) -> None:
+    """After an error: take in every result still due (a statement's error may arrive
+    while later ones are still being sent), so the next statement's results are its own."""
+    for _ in range(_DRAIN_TRIES):
+        if not pipeline.result_queue and conn.pgconn.pipeline_status == _PIPELINE_ON:
+            return
+        try:
+            await pipeline.sync()
+        except psycopg.Error:
+            if conn.broken:
+                return
 
 
 Unit = Callable[..., Coroutine[Any, Any, T]]
@@ -325,7 +449,7 @@ class Database:
         self._sqlite_path = sqlite_path
         self._synchronous = sqlite_synchronous
         self._dsn = postgres_dsn
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[_PgConn] = []
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._pool_size = pool_size
         self._slots: asyncio.Semaphore | None = None
@@ -356,77 +480,87 @@ class Database:
         loop = asyncio.get_running_loop()
         if self._pool_loop is not loop or self._slots is None:
             # Connections belong to the loop that opened them.
-            for conn in self._idle:
+            for conn, _ in self._idle:
                 conn.pgconn.finish()
             self._idle.clear()
             self._pool_loop = loop
             self._slots = asyncio.Semaphore(self._pool_size)
         return self._slots
 
+    async def _checkout(self) -> tuple[_PgConn, bool]:
+        """A connection in pipeline mode, and whether it comes from the pool."""
+        while self._idle:
+            pooled = self._idle.pop()
+            if not _spoke_while_idle(pooled[0]):
+                return pooled, True
+            # The server said goodbye while it sat idle (restart, terminated backend):
+            # found before a statement is sent, so even a unit that commits in its
+            # first round trip runs on a fresh connection.
+            await pooled[0].close()
+        assert self._dsn is not None
+        conn = await psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True, row_factory=dict_row
+        )
+        # What `conn.pipeline()` does, without an async generator held open for the
+        # connection's life: it stays in pipeline mode until it is closed.
+        pipeline = psycopg.AsyncPipeline(conn)
+        conn._pipeline = pipeline
+        await pipeline.__aenter__()
+        return (conn, pipeline), False
+
     async def _on_pool(
         self, fn: Unit[T], args: tuple[Any, ...], *, transaction: bool, retry_safe: bool
     ) -> T:
         async with self._pool_slots():
             while True:
-                pooled = bool(self._idle)
-                if pooled:
-                    conn = self._idle.pop()
-                else:
-                    assert self._dsn is not None
-                    conn = await psycopg.AsyncConnection.connect(
-                        self._dsn, autocommit=True, row_factory=dict_row
-                    )
-                sql = Sql(conn, postgres=True)
+                (conn, pipeline), pooled = await self._checkout()
+                sql = Sql(conn, postgres=True, pipeline=pipeline, transaction=transaction)
                 try:
-                    result = await self._unit(conn, sql, fn, args, transaction=transaction)
+                    result = await self._unit(sql, fn, args, transaction=transaction)
                 except psycopg.Error:
                     if not (conn.broken or conn.closed):
                         # An SQL error leaves the connection usable.
-                        self._release(conn)
+                        self._release(conn, pipeline)
                         raise
                     await conn.close()
                     # The server went away (restart, failover): the other idle
                     # connections are as dead as this one.
                     await self._drop_idle()
-                    if pooled and sql.done == 0 and (transaction or retry_safe):
-                        continue  # nothing ran: once more on a new connection
+                    if pooled and sql.done == 0 and (retry_safe or not sql.committing):
+                        continue  # nothing ran and nothing committed: once more, new connection
                     raise
                 except BaseException:
                     await conn.close()
                     raise
-                self._release(conn)
+                self._release(conn, pipeline)
                 return result
 
     @staticmethod
-    async def _unit(
-        conn: psycopg.AsyncConnection[Any],
-        sql: Sql,
-        fn: Unit[T],
-        args: tuple[Any, ...],
-        *,
-        transaction: bool,
-    ) -> T:
+    async def _unit(sql: Sql, fn: Unit[T], args: tuple[Any, ...], *, transaction: bool) -> T:
         if not transaction:
             return await fn(sql, *args)
-        await conn.execute("BEGIN")
         try:
             result = await fn(sql, *args)
-        except BaseException:
-            if not conn.broken:
-                await conn.execute("ROLLBACK")
+            await sql.commit()
+        except Exception:
+            await sql.rollback()
             raise
-        await conn.execute("COMMIT")
         return result
 
-    def _release(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if conn.pgconn.transaction_status == _IDLE:
-            self._idle.append(conn)
+    def _release(self, conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline) -> None:
+        pgconn = conn.pgconn
+        if (
+            pgconn.transaction_status == _IDLE
+            and pgconn.pipeline_status == _PIPELINE_ON
+            and not pipeline.result_queue
+        ):
+            self._idle.append((conn, pipeline))
         else:
-            conn.pgconn.finish()
+            pgconn.finish()
 
     async def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             await conn.close()
 
     # ---- the API -----------------------------------------------------------------
@@ -474,6 +608,18 @@ class Database:
 
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_PIPELINE_ON = psycopg.pq.PipelineStatus.ON
+_PgConn = tuple[psycopg.AsyncConnection[Any], psycopg.AsyncPipeline]
+
+
+def _spoke_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection has input: the server sends nothing unasked but a
+    FATAL error before it closes, or the end of the stream."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return bool(readable)
 
 
 async def _run_one(sql: Sql, text: str, params: Sequence[Any]) -> int:

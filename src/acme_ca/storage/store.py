@@ -63,12 +63,22 @@ _INSERT_CHALLENGE = (
 # `status || ''` keeps the planners off `ix_orders_status`: driven by that index the
 # query walks every pending order in the database (abandoned orders stay pending), by
 # the authz's `order_authzs` rows it reads one or two.
-_ORDERS_OF_AUTHZ = (
-    "SELECT orders.id, orders.authz_ids FROM orders"
+_LOCK_ORDERS_OF_AUTHZ_PG = (
+    "SELECT orders.id FROM orders"
     " JOIN order_authzs ON order_authzs.order_id = orders.id"
-    " WHERE order_authzs.authz_id = ? AND orders.status || '' = ?"
+    " WHERE order_authzs.authz_id = ? AND orders.status || '' = ? FOR UPDATE OF orders"
 )
-_ORDERS_OF_AUTHZ_PG = _ORDERS_OF_AUTHZ + " FOR UPDATE OF orders"
+_OF_AUTHZ = "id IN (SELECT order_id FROM order_authzs WHERE authz_id = ?) AND status || '' = ?"
+# pending → ready when every authz of the order is valid and alive.
+_ALL_VALID = (
+    " AND NOT EXISTS (SELECT 1 FROM order_authzs AS mine"
+    " JOIN authzs ON authzs.id = mine.authz_id"
+    " WHERE mine.order_id = orders.id AND (authzs.status <> ? OR authzs.expires <= ?))"
+)
+# The texts below are put together from constants only.
+_READY_ORDERS_OF_AUTHZ = "UPDATE orders SET status = ? WHERE " + _OF_AUTHZ + _ALL_VALID  # noqa: S608
+_INVALID_ORDERS_OF_AUTHZ = "UPDATE orders SET status = ?, error = ? WHERE " + _OF_AUTHZ  # noqa: S608
+_READY_ORDER = "UPDATE orders SET status = ? WHERE id = ? AND status = ?" + _ALL_VALID  # noqa: S608
 _STALE_JOBS = "SELECT kind, target_id, lease_until FROM jobs WHERE lease_until < ? LIMIT ?"
 _STALE_JOBS_PG = _STALE_JOBS + " FOR UPDATE SKIP LOCKED"
 UPSERT_COUNTER = (
@@ -77,10 +87,56 @@ UPSERT_COUNTER = (
 )
 """Add one event to a rate-limit counter (shared with the policy store)."""
 _INSERT_JOB = "INSERT INTO jobs (kind, target_id, lease_until, attempts) VALUES (?, ?, ?, 1)"
+_START_CHALLENGE = (
+    # The authz is pending and alive, and (RFC 8555 §7.1.6) no other challenge of it
+    # is being or was attempted.
+    "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?"
+    " AND EXISTS (SELECT 1 FROM authzs WHERE id = ? AND status = ? AND expires > ?)"
+    " AND NOT EXISTS (SELECT 1 FROM challenges AS other"
+    " WHERE other.authz_id = ? AND other.status <> ?)"
+)
+_BEGIN_FINALIZE = (
+    "UPDATE orders SET status = ?, csr = ?, serial = ? WHERE id = ? AND status = ? AND expires > ?"
+)
+
+
+def _with_job_pg(update: str, kind: str) -> str:
+    """PostgreSQL: the guarded UPDATE and the job it queues as one statement (the job
+    row only if the UPDATE changed one), so one round trip without BEGIN and COMMIT;
+    its parameters are the UPDATE's, then the job's lease."""
+    return (
+        f"WITH moved AS ({update} RETURNING id)"  # noqa: S608
+        " INSERT INTO jobs (kind, target_id, lease_until, attempts)"
+        f" SELECT '{kind}', id, ?, 1 FROM moved"
+    )
+
+
+_START_CHALLENGE_PG = _with_job_pg(_START_CHALLENGE, "validate")
+_BEGIN_FINALIZE_PG = _with_job_pg(_BEGIN_FINALIZE, "issue")
+# The certificate's statements after the order's UPDATE hold only if that UPDATE made
+# the order valid with this (new) certificate ID: one round trip for all of them.
+_ISSUED = " EXISTS (SELECT 1 FROM orders WHERE id = ? AND certificate_id = ?)"
+_INSERT_CERTIFICATE_IF_ISSUED = (
+    "INSERT INTO certificates (id, serial, account_id, order_id, identifiers,"
+    " pem_chains, spki_sha256, not_before, not_after, issued_at)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE" + _ISSUED
+)
+_DELETE_ISSUE_JOB_IF_ISSUED = (
+    "DELETE FROM jobs WHERE kind = 'issue' AND target_id = ? AND" + _ISSUED  # noqa: S608
+)
+_UPSERT_COUNTER_IF_ISSUED = (
+    "INSERT INTO rate_counters (name, key, bucket, count) SELECT ?, ?, ?, 1 WHERE"
+    + _ISSUED
+    + " ON CONFLICT (name, key, bucket) DO UPDATE SET count = rate_counters.count + 1"
+)
 
 
 async def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
     return await sql.one(text, params)
+
+
+async def _all(sql: Sql, text: str, params: Sequence[Any]) -> list[Row]:
+    return await sql.all(text, params)
 
 
 _AUTHZ_WITH_CHALLENGES = (
@@ -91,11 +147,19 @@ _AUTHZ_WITH_CHALLENGES = (
     " FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id"
 )
 _AUTHZ_BY_ID = _AUTHZ_WITH_CHALLENGES + " WHERE a.id = ? ORDER BY c.id"
-_AUTHZ_OF_CHALLENGE = (
-    _AUTHZ_WITH_CHALLENGES  # noqa: S608 - constant text
-    + " WHERE a.id = (SELECT authz_id FROM challenges WHERE id = ?) ORDER BY c.id"
-)
 _CHALLENGE_COLUMNS = ("type", "token", "status", "validated", "error", "validation_record")
+_ACCOUNT_COLUMNS = ("status", "jwk", "thumbprint", "contact", "tos_agreed", "eab_kid", "created_at")
+# The authz of a challenge, its challenges and the account that owns it: one statement.
+_VALIDATION_SUBJECT = (
+    "SELECT a.id, a.account_id, a.identifier_type, a.identifier_value, a.wildcard, a.status,"  # noqa: S608
+    " a.expires, a.created_at, c.id AS c_id, c.type AS c_type, c.token AS c_token,"
+    " c.status AS c_status, c.validated AS c_validated, c.error AS c_error,"
+    " c.validation_record AS c_validation_record, "
+    + ", ".join(f"acc.{k} AS acc_{k}" for k in _ACCOUNT_COLUMNS)
+    + " FROM authzs a JOIN accounts acc ON acc.id = a.account_id"
+    " LEFT JOIN challenges c ON c.authz_id = a.id"
+    " WHERE a.id = (SELECT authz_id FROM challenges WHERE id = ?) ORDER BY c.id"
+)
 
 
 def _split_authz(rows: list[Row]) -> tuple[Row, list[Row]] | None:
@@ -148,6 +212,7 @@ class Storage:
         self._db: Database = engines.db
         self._clock = clock
         self._for_update = engines.dialect != "sqlite"
+        self._postgres = self._for_update
 
     @property
     def engines(self) -> Engines:
@@ -206,24 +271,12 @@ class Storage:
     ) -> tuple[Authorization, Account] | None:
         """The authorization of a challenge and the account that owns it, in one read."""
 
-        async def run(sql: Sql) -> tuple[tuple[Row, list[Row]], Row] | None:
-            found = _split_authz(
-                await sql.all(
-                    _AUTHZ_OF_CHALLENGE,
-                    (challenge_id,),
-                )
-            )
-            if found is None:
-                return None
-            account = await sql.one(
-                "SELECT * FROM accounts WHERE id = ?", (found[0]["account_id"],)
-            )
-            return (found, account) if account is not None else None
-
-        got = await self._db.read(run)
-        if got is None:
+        found = _split_authz(await self._db.read(_all, _VALIDATION_SUBJECT, (challenge_id,)))
+        if found is None:
             return None
-        return self._authz(got[0]), codec.account_from_row(got[1])
+        first = found[0]
+        account = {"id": first["account_id"], **{k: first[f"acc_{k}"] for k in _ACCOUNT_COLUMNS}}
+        return self._authz(found), codec.account_from_row(account)
 
     async def get_certificate(self, cert_id: str) -> Certificate | None:
         row = await self._db.read(_one, "SELECT * FROM certificates WHERE id = ?", (cert_id,))
@@ -308,7 +361,7 @@ class Storage:
         )
         try:
             await self._db.write(
-                lambda sql: sql.run(
+                lambda sql: sql.send(
                     "INSERT INTO accounts (id, status, jwk, thumbprint, contact, tos_agreed,"
                     " eab_kid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     params,
@@ -329,7 +382,7 @@ class Storage:
             account.id,
         )
         await self._db.write(
-            lambda sql: sql.run(
+            lambda sql: sql.send(
                 "UPDATE accounts SET status = ?, contact = ?, tos_agreed = ? WHERE id = ?", params
             )
         )
@@ -338,11 +391,11 @@ class Storage:
         """RFC 8555 §7.3.6: also deactivates the account's pending authorizations."""
 
         async def run(sql: Sql) -> None:
-            await sql.run(
+            await sql.send(
                 "UPDATE accounts SET status = ? WHERE id = ?",
                 (AccountStatus.DEACTIVATED, account_id),
             )
-            await sql.run(
+            await sql.send(
                 "UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
                 (AuthzStatus.DEACTIVATED, account_id, AuthzStatus.PENDING),
             )
@@ -385,7 +438,7 @@ class Storage:
         async def run(sql: Sql) -> None:
             if new_authzs:
                 await insert_authzs(sql, new_authzs)
-            await sql.run(
+            await sql.send(
                 "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
                 " not_before, not_after, error, certificate_id, profile, replaces, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
@@ -402,31 +455,25 @@ class Storage:
         self, authz_id: str, challenge_id: str, *, lease_until: dt.datetime
     ) -> bool:
         """pending → processing and enqueue the validation job, atomically; False if not pending."""
-        now = codec.to_us(self._clock.now())
+        params = (
+            ChallengeStatus.PROCESSING,
+            challenge_id,
+            authz_id,
+            ChallengeStatus.PENDING,
+            authz_id,
+            AuthzStatus.PENDING,
+            codec.to_us(self._clock.now()),
+            authz_id,
+            ChallengeStatus.PENDING,
+        )
+        lease = codec.to_us(lease_until)
+        if self._postgres:
+            return await self._db.write_one(_START_CHALLENGE_PG, (*params, lease)) == 1
 
         async def run(sql: Sql) -> bool:
-            # One statement: the authz is pending and alive, and (RFC 8555 §7.1.6) no
-            # other challenge of it is being or was attempted.
-            changed = await sql.run(
-                "UPDATE challenges SET status = ? WHERE id = ? AND authz_id = ? AND status = ?"
-                " AND EXISTS (SELECT 1 FROM authzs WHERE id = ? AND status = ? AND expires > ?)"
-                " AND NOT EXISTS (SELECT 1 FROM challenges AS other"
-                " WHERE other.authz_id = ? AND other.status <> ?)",
-                (
-                    ChallengeStatus.PROCESSING,
-                    challenge_id,
-                    authz_id,
-                    ChallengeStatus.PENDING,
-                    authz_id,
-                    AuthzStatus.PENDING,
-                    now,
-                    authz_id,
-                    ChallengeStatus.PENDING,
-                ),
-            )
-            if changed != 1:
+            if await sql.run(_START_CHALLENGE, params) != 1:
                 return False
-            await sql.run(_INSERT_JOB, ("validate", challenge_id, codec.to_us(lease_until)))
+            await sql.send(_INSERT_JOB, ("validate", challenge_id, lease))
             return True
 
         # Transient: a power cut may take `processing` back to `pending` (the client
@@ -461,63 +508,55 @@ class Storage:
                 " WHERE id = ? AND status = ?",
                 challenge_params,
             )
-            await sql.run(
+            await sql.send(
                 "DELETE FROM jobs WHERE kind = 'validate' AND target_id = ?", (challenge_id,)
             )
             if changed != 1:
                 return  # already finished by another worker
+            authz: tuple[str, tuple[Any, ...]]
             if valid:
-                await sql.run(
+                authz = (
                     "UPDATE authzs SET status = ?, expires = ? WHERE id = ? AND status = ?",
                     (AuthzStatus.VALID, codec.to_us(valid_until), authz_id, AuthzStatus.PENDING),
                 )
             else:
-                await sql.run(
+                authz = (
                     "UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                     (AuthzStatus.INVALID, authz_id, AuthzStatus.PENDING),
                 )
-            await self._settle_orders(sql, authz_id, error, now_us)
+            await sql.finish([authz, *self._settle_orders(authz_id, error, now_us)])
 
         await self._db.write(run)
 
-    async def _settle_orders(
-        self, sql: Sql, authz_id: str, error: AcmeError | None, now: int
-    ) -> None:
-        """Move pending orders that use `authz_id` to ready or invalid."""
-        # FOR UPDATE (PostgreSQL): serialize with a validation of the order's other authz.
-        rows = await sql.all(
-            _ORDERS_OF_AUTHZ_PG if self._for_update else _ORDERS_OF_AUTHZ,
-            (authz_id, OrderStatus.PENDING),
+    def _settle_orders(
+        self, authz_id: str, error: AcmeError | None, now: int
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements that move pending orders using `authz_id` to ready or invalid."""
+        settle = (
+            (
+                _READY_ORDERS_OF_AUTHZ,
+                (OrderStatus.READY, authz_id, OrderStatus.PENDING, AuthzStatus.VALID, now),
+            )
+            if error is None
+            else (
+                _INVALID_ORDERS_OF_AUTHZ,
+                (OrderStatus.INVALID, codec.error_to_json(error), authz_id, OrderStatus.PENDING),
+            )
         )
-        for order_row in rows:
-            if error is not None:
-                await sql.run(
-                    "UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?",
-                    (
-                        OrderStatus.INVALID,
-                        codec.error_to_json(error),
-                        order_row["id"],
-                        OrderStatus.PENDING,
-                    ),
-                )
-            else:
-                await _ready_if_all_valid(
-                    sql, order_row["id"], json.loads(order_row["authz_ids"]), now
-                )
+        if not self._for_update:
+            return [settle]
+        # PostgreSQL: the orders are locked first, so a validation of an order's other
+        # authz finishing at the same time waits, and its UPDATE (a new snapshot in READ
+        # COMMITTED) sees this one's authz valid: they cannot both miss "all valid".
+        return [(_LOCK_ORDERS_OF_AUTHZ_PG, (authz_id, OrderStatus.PENDING)), settle]
 
     async def settle_order(self, order_id: str) -> None:
         """Move a pending order whose authzs are all valid to ready (e.g. all reused)."""
         now = codec.to_us(self._clock.now())
-
-        async def run(sql: Sql) -> None:
-            row = await sql.one(
-                "SELECT authz_ids FROM orders WHERE id = ? AND status = ?",
-                (order_id, OrderStatus.PENDING),
-            )
-            if row is not None:
-                await _ready_if_all_valid(sql, order_id, json.loads(row["authz_ids"]), now)
-
-        await self._db.write(run)
+        await self._db.write_one(
+            _READY_ORDER,
+            (OrderStatus.READY, order_id, OrderStatus.PENDING, AuthzStatus.VALID, now),
+        )
 
     async def deactivate_authz(self, authz_id: str) -> bool:
         """RFC 8555 §7.5.2: pending or valid → deactivated; its pending orders become invalid."""
@@ -535,7 +574,7 @@ class Storage:
             )
             if changed != 1:
                 return False
-            await sql.run(
+            await sql.send(
                 "UPDATE orders SET status = ?, error = ? WHERE id IN"
                 " (SELECT order_id FROM order_authzs WHERE authz_id = ?)"
                 " AND status || '' IN (?, ?)",  # not by ix_orders_status (_ORDERS_OF_AUTHZ)
@@ -550,16 +589,15 @@ class Storage:
     ) -> bool:
         """ready → processing with the CSR and serial recorded and an issuance job queued."""
         now = codec.to_us(self._clock.now())
+        params = (OrderStatus.PROCESSING, csr_der, serial, order_id, OrderStatus.READY, now)
+        lease = codec.to_us(lease_until)
+        if self._postgres:
+            return await self._db.write_one(_BEGIN_FINALIZE_PG, (*params, lease)) == 1
 
         async def run(sql: Sql) -> bool:
-            changed = await sql.run(
-                "UPDATE orders SET status = ?, csr = ?, serial = ?"
-                " WHERE id = ? AND status = ? AND expires > ?",
-                (OrderStatus.PROCESSING, csr_der, serial, order_id, OrderStatus.READY, now),
-            )
-            if changed != 1:
+            if await sql.run(_BEGIN_FINALIZE, params) != 1:
                 return False
-            await sql.run(_INSERT_JOB, ("issue", order_id, codec.to_us(lease_until)))
+            await sql.send(_INSERT_JOB, ("issue", order_id, lease))
             return True
 
         # Transient: a power cut may take `processing` back to `ready` (the client
@@ -596,22 +634,22 @@ class Storage:
             codec.to_us(certificate.issued_at),
         )
 
+        issued = (order_id, certificate.id)
+
         async def run(sql: Sql) -> bool:
-            changed = await sql.run(
-                "UPDATE orders SET status = ?, certificate_id = ? WHERE id = ? AND status = ?",
-                (OrderStatus.VALID, certificate.id, order_id, OrderStatus.PROCESSING),
+            changed, *_ = await sql.finish(
+                [
+                    (
+                        "UPDATE orders SET status = ?, certificate_id = ?"
+                        " WHERE id = ? AND status = ?",
+                        (OrderStatus.VALID, certificate.id, order_id, OrderStatus.PROCESSING),
+                    ),
+                    (_INSERT_CERTIFICATE_IF_ISSUED, (*cert_params, *issued)),
+                    (_DELETE_ISSUE_JOB_IF_ISSUED, (order_id, *issued)),
+                    *((_UPSERT_COUNTER_IF_ISSUED, (*c, *issued)) for c in counters),
+                ]
             )
-            if changed != 1:
-                return False
-            await sql.run(
-                "INSERT INTO certificates (id, serial, account_id, order_id, identifiers,"
-                " pem_chains, spki_sha256, not_before, not_after, issued_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                cert_params,
-            )
-            await sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
-            await sql.many(UPSERT_COUNTER, counters)
-            return True
+            return bool(changed == 1)
 
         try:
             return await self._db.write(run)
@@ -622,10 +660,10 @@ class Storage:
         params = (OrderStatus.INVALID, codec.error_to_json(error), order_id, OrderStatus.PROCESSING)
 
         async def run(sql: Sql) -> None:
-            await sql.run(
+            await sql.send(
                 "UPDATE orders SET status = ?, error = ? WHERE id = ? AND status = ?", params
             )
-            await sql.run("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
+            await sql.send("DELETE FROM jobs WHERE kind = 'issue' AND target_id = ?", (order_id,))
 
         await self._db.write(run)
 
@@ -736,28 +774,10 @@ class Storage:
             return str(row["value"])
         with contextlib.suppress(*IntegrityError):
             await self._db.write(
-                lambda sql: sql.run(
+                lambda sql: sql.send(
                     "INSERT INTO settings (name, value) VALUES (?, ?)", (name, default)
                 )
             )
         row = await self._db.read(_one, select_value, (name,))
         assert row is not None
         return str(row["value"])
-
-
-async def _ready_if_all_valid(sql: Sql, order_id: str, authz_ids: Sequence[str], now: int) -> None:
-    """pending → ready when every authz of the order is valid and alive, in one statement."""
-    marks = ", ".join("?" * len(authz_ids)) or "NULL"
-    await sql.run(
-        "UPDATE orders SET status = ? WHERE id = ? AND status = ?"  # noqa: S608 - only '?' marks
-        f" AND NOT EXISTS (SELECT 1 FROM authzs WHERE id IN ({marks})"
-        " AND (status <> ? OR expires <= ?))",
-        (
-            OrderStatus.READY,
-            order_id,
-            OrderStatus.PENDING,
-            *authz_ids,
-            AuthzStatus.VALID,
-            now,
-        ),
-    )
