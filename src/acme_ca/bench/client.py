@@ -1,4 +1,4 @@
-"""A small asynchronous ACME (RFC 8555) client on httpx.
+"""A small asynchronous ACME (RFC 8555) client.
 
 An external client: it speaks only the wire protocol and imports nothing from the
 server side of acme_ca, so it drives any ACME server (acme-ca, Pebble, Boulder).
@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from acme_ca.bench.http import Headers, HttpClient, HttpResponse, PooledHttpClient, TransportError
 from acme_ca.bench.jws import PrivateKey, b64url, jwk_thumbprint, sign_jws
 
 __all__ = [
@@ -70,7 +71,7 @@ class AcmeResponse:
 
     url: str
     status: int
-    headers: httpx.Headers
+    headers: Headers
     content: bytes
     body: dict[str, Any] = field(default_factory=dict)
 
@@ -103,14 +104,14 @@ class AcmeProblem(Exception):
         type: str,
         detail: str,
         body: Mapping[str, Any],
-        headers: httpx.Headers | None = None,
+        headers: Headers | None = None,
     ) -> None:
         super().__init__(f"{status} {type}: {detail}")
         self.status = status
         self.type = type
         self.detail = detail
         self.body = dict(body)
-        self.headers = headers if headers is not None else httpx.Headers()
+        self.headers = headers if headers is not None else Headers()
 
     @property
     def subproblems(self) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ class AcmeProblem(Exception):
 
     @classmethod
     def from_document(
-        cls, status: int, doc: Mapping[str, Any], headers: httpx.Headers | None = None
+        cls, status: int, doc: Mapping[str, Any], headers: Headers | None = None
     ) -> AcmeProblem:
         return cls(
             status=status,
@@ -206,11 +207,27 @@ def _is_eddsa(key: PrivateKey) -> bool:
     return isinstance(key, ed25519.Ed25519PrivateKey)
 
 
-def _ssl_context(verify: str | bool | ssl.SSLContext) -> ssl.SSLContext | bool:
-    # httpx 0.28 deprecates verify=<path>; build the context ourselves.
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
+class _HttpxClient:
+    """An httpx client (e.g. over an in-process ASGI transport) as an `HttpClient`.
+
+    Its errors pass through unchanged (httpx.TransportError and friends).
+    """
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None
+    ) -> HttpResponse:
+        resp = await self._http.request(method, url, content=content, headers=headers)
+        return HttpResponse(
+            status=resp.status_code,
+            headers=Headers(resp.headers.multi_items()),
+            content=resp.content,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 class AcmeClient:
@@ -219,7 +236,8 @@ class AcmeClient:
     Safe to share between tasks of one event loop: the nonce pool is a deque, and
     every response's Replay-Nonce goes back into it (RFC 8555 §7.2). A `badNonce`
     answer is retried once with the nonce it carried (§6.5). Problem documents raise
-    `AcmeProblem`; transport failures raise httpx errors.
+    `AcmeProblem`; transport failures raise `TransportError` (or, with an injected
+    httpx client, httpx's errors).
     """
 
     def __init__(
@@ -231,18 +249,20 @@ class AcmeClient:
         timeout: float = 30.0,
         on_request: RequestHook | None = None,
         kid: str | None = None,
-        http: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | HttpClient | None = None,
     ) -> None:
         self.directory_url = directory_url
         self.key = account_key
         self.kid = kid
         self.on_request = on_request
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(
-            verify=_ssl_context(verify),
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-        )
+        self._http: HttpClient
+        if http is None:
+            self._http = PooledHttpClient(verify=verify, timeout=timeout, max_connections=8)
+        elif isinstance(http, httpx.AsyncClient):
+            self._http = _HttpxClient(http)
+        else:
+            self._http = http
         self._directory: dict[str, Any] | None = None
         self._nonces: collections.deque[str] = collections.deque(maxlen=32)
         self._thumbprint = jwk_thumbprint(account_key)
@@ -275,12 +295,12 @@ class AcmeClient:
         start = time.perf_counter()
         try:
             resp = await self._http.request(method, url, content=content, headers=headers)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TransportError):
             if self.on_request is not None:
                 self.on_request(endpoint, time.perf_counter() - start, 0)
             raise
         if self.on_request is not None:
-            self.on_request(endpoint, time.perf_counter() - start, resp.status_code)
+            self.on_request(endpoint, time.perf_counter() - start, resp.status)
         if pool_nonce and (nonce := resp.headers.get("replay-nonce")):
             self._nonces.append(nonce)
         ctype = resp.headers.get("content-type", "")
@@ -289,11 +309,11 @@ class AcmeClient:
             parsed = json.loads(resp.content)
             if isinstance(parsed, dict):
                 body = parsed
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             doc = body or {"type": "about:blank", "detail": resp.text[:200]}
-            raise AcmeProblem.from_document(resp.status_code, doc, resp.headers)
+            raise AcmeProblem.from_document(resp.status, doc, resp.headers)
         return AcmeResponse(
-            url=url, status=resp.status_code, headers=resp.headers, content=resp.content, body=body
+            url=url, status=resp.status, headers=resp.headers, content=resp.content, body=body
         )
 
     async def directory(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from acme_ca.bench.client import (
     PollFailed,
     build_csr,
 )
+from acme_ca.bench.http import TransportError
 from acme_ca.bench.jws import KeyKind, PrivateKey, generate_key
 from acme_ca.bench.report import LevelResult, Recorder
 from acme_ca.bench.responder import ChallengeSolver, Dns01Solver, Http01Responder, Http01Solver
@@ -113,7 +114,7 @@ def _problem_kind(exc: BaseException) -> str:
         return exc.problem.type if exc.problem else f"resource {exc.status}"
     if isinstance(exc, TimeoutError):
         return "timeout (polling)"
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, (httpx.HTTPError, TransportError)):
         return f"transport: {type(exc).__name__}"
     return f"client: {type(exc).__name__}: {exc}"[:120]
 
