@@ -22,6 +22,8 @@ from types import FrameType
 
 import uvicorn
 
+from acme_ca.wfe.http_protocol import CoalescingHttpToolsProtocol
+
 __all__ = ["WorkerSpec", "run_single", "run_workers"]
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def _config(spec: WorkerSpec) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         ws="none",
         timeout_graceful_shutdown=5,
     )
