@@ -46,7 +46,10 @@ def opt_to_us(value: dt.datetime | None) -> int | None:
 
 
 def from_us(value: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=value)
+    # timedelta(microseconds=<a 16-digit number>) normalises slowly (1.6 µs); whole
+    # seconds plus the remainder is the same value in 0.65 µs, ~150 times per issuance.
+    seconds, micros = divmod(value, 1_000_000)
+    return _EPOCH + dt.timedelta(0, seconds, micros)
 
 
 def opt_from_us(value: int | None) -> dt.datetime | None:
