@@ -58,6 +58,13 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="offer pre-authorization (newAuthz, RFC 8555 §7.4.1)",
     )
+    parser.add_argument(
+        "--require-terms-reagreement",
+        dest="require_terms_reagreement",
+        action="store_const",
+        const=True,
+        help="accounts that agreed to other terms must agree again (RFC 8555 §7.3.3)",
+    )
     parser.add_argument("--log-level", dest="log_level")
     parser.add_argument(
         "--revocation-listen",
@@ -108,6 +115,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "eab_required",
         "rate_limits",
         "new_authz",
+        "require_terms_reagreement",
         "log_level",
         "job_lease_seconds",
         "revocation_listen",

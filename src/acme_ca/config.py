@@ -73,6 +73,10 @@ class Settings:
     ip_ranges: tuple[str, ...] = ()
     """CIDR ranges `ip` identifiers must fall in; empty: any address."""
     terms_of_service: str | None = None
+    """URL of the terms of service (directory meta); default the CA's own /terms page."""
+    require_terms_reagreement: bool = False
+    """Refuse requests of accounts that agreed to other terms than `terms_of_service`
+    until they agree again (RFC 8555 §7.3.3, userActionRequired)."""
     website: str | None = None
     caa_identities: tuple[str, ...] = ()
     sqlite_synchronous: str = "FULL"

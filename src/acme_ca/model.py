@@ -96,6 +96,9 @@ class Account:
     """RFC 7638 thumbprint of `jwk`, base64url; unique across accounts."""
     contact: tuple[str, ...] = ()
     tos_agreed: bool = False
+    tos_agreed_url: str | None = None
+    """The terms-of-service URL the account last agreed to (RFC 8555 §7.3.3); None for
+    accounts from before it was recorded (migration 0004)."""
     created_at: dt.datetime
     eab_kid: str | None = None
 

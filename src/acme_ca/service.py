@@ -29,7 +29,7 @@ from acme_ca.storage.engine import Engines, create_engines
 from acme_ca.storage.migrate import upgrade
 from acme_ca.storage.store import Storage
 from acme_ca.va import VAConfig, ValidationAuthority
-from acme_ca.wfe import DirectoryMeta, FrontEnd, Gate, create_app
+from acme_ca.wfe import DirectoryMeta, FrontEnd, Gate, RequiredTerms, create_app
 
 __all__ = ["AcmeService", "build_service", "AcmeAsgiApp"]
 
@@ -103,6 +103,10 @@ async def build_service(
         crl_shards=settings.crl_shards,
     )
     caa_identities = settings.caa_identities or (default_caa_identity(settings),)
+    terms_url = settings.terms_of_service or urls.terms_of_service
+    # RFC 8555 §7.3.3: accounts from before agreements were recorded agreed to the terms
+    # in force when a process first started after the upgrade (the first one stores it).
+    legacy_terms = await storage.get_or_create_setting("legacy_terms_of_service", terms_url)
     va = va or ValidationAuthority(
         VAConfig(
             http01_port=settings.http_01_port,
@@ -123,6 +127,7 @@ async def build_service(
         new_authz=settings.new_authz,
         job_lease=dt.timedelta(seconds=settings.job_lease_seconds),
         ari_retry_after=dt.timedelta(seconds=settings.ari_retry_after),
+        terms_of_service=terms_url,
     )
     ra = RegistrationAuthority(
         RAContext(
@@ -141,9 +146,16 @@ async def build_service(
         storage=storage,
         nonces=nonces,
         urls=urls,
-        gate=Gate(storage=storage, nonces=nonces, urls=urls),
+        gate=Gate(
+            storage=storage,
+            nonces=nonces,
+            urls=urls,
+            terms=RequiredTerms(url=terms_url, legacy=legacy_terms)
+            if settings.require_terms_reagreement
+            else None,
+        ),
         meta=DirectoryMeta(
-            terms_of_service=settings.terms_of_service or urls.terms_of_service,
+            terms_of_service=terms_url,
             website=settings.website,
             caa_identities=caa_identities,
             external_account_required=settings.eab_required,

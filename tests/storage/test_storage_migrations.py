@@ -140,6 +140,8 @@ async def test_upgrade_keeps_existing_data(engines: Engines) -> None:
     account = await store.get_account_by_thumbprint("thumb1")
     assert account is not None
     assert account.contact == ("mailto:a@example.test",)
+    # RFC 8555 §7.3.3: no recorded agreement (0004); the gate reads it as the terms at upgrade.
+    assert account.tos_agreed_url is None
     order = await store.get_order("order1")
     assert order is not None
     assert order.status == OrderStatus.PENDING

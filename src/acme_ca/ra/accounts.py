@@ -86,6 +86,7 @@ class AccountService:
             thumbprint=thumbprint,
             contact=request.contact or (),
             tos_agreed=request.terms_of_service_agreed,
+            tos_agreed_url=self._ctx.settings.terms_of_service,
             created_at=now,
             eab_kid=eab.kid if eab is not None else None,
         )
@@ -107,7 +108,10 @@ class AccountService:
         if update.contact is not None:
             changed = dataclasses.replace(changed, contact=update.contact)
         if update.terms_of_service_agreed:
-            changed = dataclasses.replace(changed, tos_agreed=True)
+            # RFC 8555 §7.3.3: agreement to the terms in force now (false agrees to nothing).
+            changed = dataclasses.replace(
+                changed, tos_agreed=True, tos_agreed_url=self._ctx.settings.terms_of_service
+            )
         if changed != account:
             await self._ctx.storage.update_account(changed)
         return changed

@@ -64,6 +64,9 @@ class RASettings:
     """Pre-authorization (RFC 8555 §7.4.1)."""
     ari_retry_after: dt.timedelta = dt.timedelta(hours=6)
     """Retry-After of renewalInfo answers: how often clients poll (RFC 9773 §4.3)."""
+    terms_of_service: str | None = None
+    """The current terms-of-service URL, recorded on an account when it agrees (RFC 8555
+    §7.3.3)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,6 +114,7 @@ def account_from_row(row: Row) -> Account:
         thumbprint=m["thumbprint"],
         contact=tuple(json.loads(m["contact"])),
         tos_agreed=bool(m["tos_agreed"]),
+        tos_agreed_url=m["tos_agreed_url"],
         eab_kid=m["eab_kid"],
         created_at=from_us(m["created_at"]),
     )

@@ -29,6 +29,10 @@ accounts = Table(
     Column("thumbprint", String(64), nullable=False, unique=True),
     Column("contact", Text, nullable=False),
     Column("tos_agreed", Boolean, nullable=False),
+    # RFC 8555 §7.3.3 (migration 0004_terms_agreement): the terms agreed to; NULL for
+    # accounts from before, which agreed to the terms the settings row
+    # `legacy_terms_of_service` names.
+    Column("tos_agreed_url", Text, nullable=True),
     Column("eab_kid", String(128), nullable=True),
     Column("created_at", BigInteger, nullable=False),
 )

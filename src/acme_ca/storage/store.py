@@ -148,7 +148,16 @@ _AUTHZ_WITH_CHALLENGES = (
 )
 _AUTHZ_BY_ID = _AUTHZ_WITH_CHALLENGES + " WHERE a.id = ? ORDER BY c.id"
 _CHALLENGE_COLUMNS = ("type", "token", "status", "validated", "error", "validation_record")
-_ACCOUNT_COLUMNS = ("status", "jwk", "thumbprint", "contact", "tos_agreed", "eab_kid", "created_at")
+_ACCOUNT_COLUMNS = (
+    "status",
+    "jwk",
+    "thumbprint",
+    "contact",
+    "tos_agreed",
+    "tos_agreed_url",
+    "eab_kid",
+    "created_at",
+)
 # The authz of a challenge, its challenges and the account that owns it: one statement.
 _VALIDATION_SUBJECT = (
     "SELECT a.id, a.account_id, a.identifier_type, a.identifier_value, a.wildcard, a.status,"  # noqa: S608
@@ -356,6 +365,7 @@ class Storage:
             account.thumbprint,
             codec.dumps(list(account.contact)),
             account.tos_agreed,
+            account.tos_agreed_url,
             account.eab_kid,
             codec.to_us(account.created_at),
         )
@@ -363,7 +373,7 @@ class Storage:
             await self._db.write(
                 lambda sql: sql.send(
                     "INSERT INTO accounts (id, status, jwk, thumbprint, contact, tos_agreed,"
-                    " eab_kid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " tos_agreed_url, eab_kid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params,
                 )
             )
@@ -375,15 +385,20 @@ class Storage:
         return account
 
     async def update_account(self, account: Account) -> None:
+        """Contact and terms agreement (RFC 8555 §7.3.2, §7.3.3). Status changes only by
+        `deactivate_account`: a concurrent deactivation is not undone by this write."""
         params = (
-            account.status,
             codec.dumps(list(account.contact)),
             account.tos_agreed,
+            account.tos_agreed_url,
             account.id,
+            AccountStatus.VALID,
         )
         await self._db.write(
             lambda sql: sql.send(
-                "UPDATE accounts SET status = ?, contact = ?, tos_agreed = ? WHERE id = ?", params
+                "UPDATE accounts SET contact = ?, tos_agreed = ?, tos_agreed_url = ?"
+                " WHERE id = ? AND status = ?",
+                params,
             )
         )
 

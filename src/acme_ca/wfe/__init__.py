@@ -6,6 +6,6 @@ the read-only interface. No business rule is decided here.
 
 from acme_ca.wfe.app import create_app
 from acme_ca.wfe.context import DirectoryMeta, FrontEnd
-from acme_ca.wfe.gate import Gate
+from acme_ca.wfe.gate import Gate, RequiredTerms
 
-__all__ = ["DirectoryMeta", "FrontEnd", "Gate", "create_app"]
+__all__ = ["DirectoryMeta", "FrontEnd", "Gate", "RequiredTerms", "create_app"]

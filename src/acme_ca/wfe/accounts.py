@@ -38,7 +38,8 @@ __all__ = [
 async def _post_as_get_allowed(fe: FrontEnd, request: Request) -> None:
     """RFC 8555 §6.3: directory and newNonce take POST-as-GET as well as GET."""
     if request.method == "POST":
-        verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+        # Where a client finds the terms: never refused for not having agreed to them.
+        verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, terms_exempt=True)
         if not verified.jws.is_post_as_get:
             raise malformed("POST-as-GET requests carry an empty payload")
 
@@ -123,7 +124,9 @@ async def new_account(fe: FrontEnd, request: Request) -> Response:
 
 
 async def account(fe: FrontEnd, request: Request) -> Response:
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    # RFC 8555 §7.3.3: where an account agrees to changed terms (or deactivates), so
+    # open to one that has not agreed yet.
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, terms_exempt=True)
     acct = verified.require_account()
     if fe.urls.account(acct.id) != fe.gate.request_url(request):
         raise unauthorized("The request URL is not the signing account's URL")
@@ -181,7 +184,8 @@ async def account_orders(fe: FrontEnd, request: Request) -> Response:
 
 async def key_change(fe: FrontEnd, request: Request) -> Response:
     """RFC 8555 §7.3.5: an inner JWS signed by the new key inside one signed by the old."""
-    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True)
+    # A compromised key can be rolled over before the terms are agreed to.
+    verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, terms_exempt=True)
     acct = verified.require_account()
     inner = parse_flattened(verified.jws.payload)
     if inner.header.jwk is None:

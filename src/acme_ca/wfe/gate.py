@@ -25,7 +25,7 @@ from acme_ca.protocol.jws import (
 from acme_ca.protocol.urls import Urls
 from acme_ca.storage.store import StorageReader
 
-__all__ = ["Gate", "VerifiedRequest"]
+__all__ = ["Gate", "RequiredTerms", "VerifiedRequest"]
 
 JOSE_CONTENT_TYPE = "application/jose+json"
 
@@ -44,6 +44,31 @@ class VerifiedRequest:
         return self.account
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequiredTerms:
+    """RFC 8555 §7.3.3, when the operator requires agreement to changed terms."""
+
+    url: str
+    """The current terms of service."""
+    legacy: str
+    """What accounts with no recorded agreement (older than migration 0004) agreed to."""
+
+    def agreed(self, account: Account) -> bool:
+        return (account.tos_agreed_url or self.legacy) == self.url
+
+    def refusal(self, account_url: str) -> AcmeError:
+        # The terms page is also where a person learns how to agree (`instance`).
+        return AcmeError(
+            type=ProblemType.USER_ACTION_REQUIRED,
+            detail=(
+                f"The terms of service changed: read {self.url} and agree by posting"
+                f' {{"termsOfServiceAgreed": true}} to {account_url}'
+            ),
+            headers={"Link": f'<{self.url}>;rel="terms-of-service"'},
+            extra={"instance": self.url},
+        )
+
+
 class Gate:
     def __init__(
         self,
@@ -53,8 +78,10 @@ class Gate:
         urls: Urls,
         max_body_bytes: int = 64 * 1024,
         key_cache_size: int = 4096,
+        terms: RequiredTerms | None = None,
     ) -> None:
         self._storage = storage
+        self._terms = terms
         self._nonces = nonces
         self._urls = urls
         self._max_body = max_body_bytes
@@ -131,11 +158,18 @@ class Gate:
         return account
 
     async def verify(
-        self, request: Request, *, allow_jwk: bool, allow_kid: bool, kept_account: bool = False
+        self,
+        request: Request,
+        *,
+        allow_jwk: bool,
+        allow_kid: bool,
+        kept_account: bool = False,
+        terms_exempt: bool = False,
     ) -> VerifiedRequest:
         """Check a POST; `kept_account` lets a `kid` request use this process's copy of
         the account where the store checks it at redemption (the handler needs no more
-        of the account than its ID, status and key)."""
+        of the account than its ID, status and key). A `kid` request of an account that
+        has not agreed to the required terms is refused unless `terms_exempt`."""
         body = await self.read_body(request)
         jws = parse_flattened(body)
         require_url(jws, self.request_url(request))
@@ -167,12 +201,22 @@ class Gate:
                 self._remember(account)
         verify_signature(jws, key)
         await self._nonces.redeem(header.nonce)
+        # After signature and nonce: only the account's holder learns of it, and the
+        # refused request cannot be replayed.
+        terms = None if terms_exempt else self._terms
+        if account is not None and terms is not None and not terms.agreed(account):
+            raise terms.refusal(self._urls.account(account.id))
         return VerifiedRequest(jws=jws, key=key, account=account)
 
     def _kept_account(self, kid: str) -> Account | None:
         if not self._keep_accounts or not kid.startswith(self._urls.account_prefix):
             return None
-        return self._accounts.get(kid[len(self._urls.account_prefix) :])
+        kept = self._accounts.get(kid[len(self._urls.account_prefix) :])
+        if kept is not None and self._terms and not self._terms.agreed(kept):
+            # It may have agreed since, through another process: read it again. A kept
+            # copy that agreed stays right (the terms change only with a restart).
+            return None
+        return kept
 
     def _remember(self, account: Account) -> None:
         if len(self._accounts) >= self._key_cache_size:
