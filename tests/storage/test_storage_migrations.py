@@ -157,3 +157,53 @@ async def test_upgrade_keeps_existing_data(engines: Engines) -> None:
     assert await store.get_or_create_setting("nonce_hmac_key", "other") == "a2V5"
     # The migrated database takes new writes as usual.
     assert await store.start_challenge("authz1", "chall1", lease_until=NOW)
+
+
+async def test_upgrade_settles_orders_the_replacement_index_would_refuse(engines: Engines) -> None:
+    """0005: of live orders naming one certificate in `replaces` (concurrent newOrders
+    could both pass the old check), the valid one, else the earliest, keeps naming it;
+    an expired pending order becomes invalid, as it already read."""
+    await migrate.upgrade(engines, "0004_terms_agreement")  # 0001, 0003, 0004: not 0002, 0005
+    # The migration judges expiry by the real clock.
+    now = (dt.datetime.now(dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        microseconds=1
+    )
+    rows = [  # id, status, replaces, created_at, expires
+        ("early", "pending", "c1", now, now + 86_400 * US),
+        ("late", "pending", "c1", now + 1, now + 86_400 * US),
+        ("pend", "pending", "c2", now, now + 86_400 * US),
+        ("done", "valid", "c2", now + 1, now + 86_400 * US),
+        ("gone", "pending", "c3", now, now - 1),  # expired
+        ("live", "ready", "c3", now + 1, now + 86_400 * US),
+        ("failed", "invalid", "c3", now, now + 86_400 * US),
+    ]
+    async with engines.writer.begin() as conn:
+        for order_id, status, replaces, created, expires in rows:
+            await conn.execute(
+                text(
+                    "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
+                    " replaces, created_at) VALUES (:id, 'acct1', :status, '[]', '[]', :expires,"
+                    " :replaces, :created)"
+                ),
+                {
+                    "id": order_id,
+                    "status": status,
+                    "replaces": replaces,
+                    "created": created,
+                    "expires": expires,
+                },
+            )
+
+    await migrate.upgrade(engines)
+
+    async with engines.reader.connect() as conn:
+        found = (await conn.execute(text("SELECT id, status, replaces FROM orders"))).all()
+    assert {r.id: (r.status, r.replaces) for r in found} == {
+        "early": ("pending", "c1"),
+        "late": ("pending", None),
+        "pend": ("pending", None),
+        "done": ("valid", "c2"),
+        "gone": ("invalid", "c3"),
+        "live": ("ready", "c3"),
+        "failed": ("invalid", "c3"),
+    }

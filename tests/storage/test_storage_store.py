@@ -8,6 +8,7 @@ race runs many times at once, so that a missing guard shows as a double win.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -31,7 +32,7 @@ from acme_ca.model import (
 )
 from acme_ca.storage.engine import Engines, create_engines
 from acme_ca.storage.migrate import upgrade
-from acme_ca.storage.schema import jobs
+from acme_ca.storage.schema import jobs, orders
 from acme_ca.storage.store import Storage
 
 ROUNDS = 12
@@ -178,6 +179,65 @@ async def test_concurrent_finalize_has_one_winner(pair: Pair) -> None:
         stored = await pair.b.get_order(order.id)
         assert stored is not None
         assert stored.status == OrderStatus.PROCESSING
+
+
+def _replacing(
+    account: Account, cert_id: str, now: dt.datetime, lifetime: dt.timedelta = dt.timedelta(days=7)
+) -> Order:
+    """An order (without authorizations) that names `cert_id` in `replaces`."""
+    return Order(
+        id=_id(),
+        account_id=account.id,
+        status=OrderStatus.PENDING,
+        identifiers=(Identifier(type="dns", value="replaced.test"),),
+        authz_ids=(),
+        expires=now + lifetime,
+        replaces=cert_id,
+        created_at=now,
+    )
+
+
+async def test_concurrent_replacements_of_one_certificate_have_one_winner(pair: Pair) -> None:
+    """RFC 9773 §5: the insert itself refuses a second live order naming the certificate."""
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    cert_ids = [f"aki.{_id()}" for _ in range(ROUNDS)]
+
+    async def race(cert_id: str) -> Sequence[bool]:
+        return await asyncio.gather(
+            *(s.create_order(_replacing(account, cert_id, now), []) for s in (pair.a, pair.b))
+        )
+
+    results = await asyncio.gather(*(race(c) for c in cert_ids))
+    assert all(sorted(r) == [False, True] for r in results), results
+    # The loser left nothing: one order per certificate.
+    async with pair.a.engines.reader.connect() as conn:
+        count = select(func.count()).select_from(orders).where(orders.c.replaces.in_(cert_ids))
+        assert (await conn.execute(count)).scalar_one() == ROUNDS
+
+
+async def test_an_invalid_or_expired_replacing_order_frees_the_certificate(pair: Pair) -> None:
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    cert_id = f"aki.{_id()}"
+    first, authzs = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
+    replacing = dataclasses.replace(_replacing(account, cert_id, now), authz_ids=first.authz_ids)
+    assert await pair.a.create_order(replacing, [])
+    assert not await pair.b.create_order(_replacing(account, cert_id, now), [])
+    # Invalid (its authorization deactivated): the certificate is free again.
+    assert await pair.a.deactivate_authz(authzs[0].id)
+    short = _replacing(account, cert_id, now, lifetime=SECOND)
+    assert await pair.b.create_order(short, [])
+    assert not await pair.a.create_order(_replacing(account, cert_id, now), [])
+    # Expired (it reads invalid, its row still says pending): free again as well.
+    later = now + 2 * SECOND
+    pair.clock.set(later)
+    assert await pair.a.create_order(_replacing(account, cert_id, later), [])
+    expired = await pair.b.get_order(short.id)
+    assert expired is not None
+    assert expired.status == OrderStatus.INVALID
+    assert expired.error is not None
+    assert expired.error.detail == "Order expired"
 
 
 async def test_finalize_of_an_order_not_ready_fails(pair: Pair) -> None:

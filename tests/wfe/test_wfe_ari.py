@@ -252,6 +252,26 @@ async def test_replaces_accepted_once(
     assert again["replaces"] == cert_id(cert)
 
 
+async def test_concurrent_replacing_orders_have_one_winner(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    """RFC 9773 §5: both may pass the check before either is stored; the insert decides."""
+    client = await make_client()
+    _, cert, _ = await issue(client, ["race.replace.example"], challtestsrv)
+    results = await asyncio.gather(
+        *(new_order(client, ["race.replace.example"], cert_id(cert)) for _ in range(2)),
+        return_exceptions=True,
+    )
+    orders = [r for r in results if isinstance(r, dict)]
+    refused = [r for r in results if isinstance(r, AcmeProblem)]
+    assert len(orders) == 1, results
+    assert len(refused) == 1, results
+    assert (refused[0].status, refused[0].type) == (409, ProblemType.ALREADY_REPLACED)
+    listing = await client.post_as_get((await client.post_as_get(client.kid or "")).body["orders"])
+    assert orders[0]["url"] in listing.body["orders"]
+    assert len(listing.body["orders"]) == 2  # the issued one and the winner
+
+
 async def test_replaces_refused(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer
 ) -> None:

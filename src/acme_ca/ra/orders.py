@@ -20,7 +20,7 @@ from acme_ca.policy.identifiers import normalize_identifiers
 from acme_ca.protocol.messages import NewOrderRequest
 from acme_ca.ra.context import RAContext, new_id, new_token
 from acme_ca.ra.ratelimits import RateLimiter
-from acme_ca.ra.renewal import RenewalService
+from acme_ca.ra.renewal import RenewalService, already_replaced
 from acme_ca.storage.policy import PolicyStore
 
 __all__ = ["OrderService"]
@@ -130,7 +130,8 @@ class OrderService:
             replaces=replaces,
             created_at=now,
         )
-        await ctx.storage.create_order(order, new_authzs)
+        if not await ctx.storage.create_order(order, new_authzs):
+            raise already_replaced()
         if not new_authzs:
             # Every authz was reused: the order may already be ready.
             await ctx.storage.settle_order(order.id)

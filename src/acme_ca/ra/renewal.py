@@ -25,6 +25,7 @@ from acme_ca.storage.store import Storage
 __all__ = [
     "RenewalInfo",
     "RenewalService",
+    "already_replaced",
     "immediate_window",
     "key_identifier_of",
     "normalize_serial",
@@ -69,6 +70,14 @@ def key_identifier_of(cert: x509.Certificate) -> bytes | None:
     except x509.ExtensionNotFound:
         return None
     return aki.key_identifier
+
+
+def already_replaced() -> AcmeError:
+    """RFC 9773 §5: another order that is not invalid already replaces the certificate."""
+    return AcmeError(
+        type=ProblemType.ALREADY_REPLACED,
+        detail="The certificate in 'replaces' was already replaced by another order",
+    )
 
 
 class RenewalService:
@@ -128,11 +137,10 @@ class RenewalService:
         }:
             raise malformed("The order shares no identifier with the certificate it replaces")
         canonical = str(cert_id)
+        # Early and cheap; the insert decides (`Storage.create_order`), as two newOrders
+        # may both pass here.
         if await self._status.replacement_exists(canonical, self._clock.now()):
-            raise AcmeError(
-                type=ProblemType.ALREADY_REPLACED,
-                detail="The certificate in 'replaces' was already replaced by another order",
-            )
+            raise already_replaced()
         return canonical
 
     async def mark_early(

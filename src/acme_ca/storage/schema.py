@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -186,3 +187,17 @@ renewal_marks = Table(
 # The CRL publisher reads the revoked certificates, and newOrder looks up `replaces`.
 ix_certificates_revoked_at = Index("ix_certificates_revoked_at", certificates.c.revoked_at)
 ix_orders_replaces = Index("ix_orders_replaces", orders.c.replaces)
+
+# ---- one live replacement per certificate (migration 0005_one_live_replacement) --
+
+# RFC 9773 §5: at most one order that is not invalid names a certificate in `replaces`;
+# the database decides between concurrent newOrders (processes or hosts). Orders past
+# their expiry are made invalid before an insert (`Storage.create_order`).
+_LIVE = "status <> 'invalid'"
+ux_orders_replaces_live = Index(
+    "ux_orders_replaces_live",
+    orders.c.replaces,
+    unique=True,
+    sqlite_where=text(_LIVE),
+    postgresql_where=text(_LIVE),
+)

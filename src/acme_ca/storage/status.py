@@ -136,13 +136,11 @@ class StatusStore:
 
     async def replacement_exists(self, cert_id: str, now: dt.datetime) -> bool:
         """RFC 9773 §5: an order that names `cert_id` in `replaces` and is not invalid
-        (valid, or pending/ready/processing and unexpired)."""
+        (valid or processing, or pending/ready and unexpired: as `codec` reads orders)."""
         live = or_(
-            orders.c.status == OrderStatus.VALID,
+            orders.c.status.in_([OrderStatus.VALID, OrderStatus.PROCESSING]),
             and_(
-                orders.c.status.in_(
-                    [OrderStatus.PENDING, OrderStatus.READY, OrderStatus.PROCESSING]
-                ),
+                orders.c.status.in_([OrderStatus.PENDING, OrderStatus.READY]),
                 orders.c.expires > codec.to_us(now),
             ),
         )

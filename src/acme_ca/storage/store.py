@@ -86,6 +86,11 @@ UPSERT_COUNTER = (
     " ON CONFLICT (name, key, bucket) DO UPDATE SET count = rate_counters.count + 1"
 )
 """Add one event to a rate-limit counter (shared with the policy store)."""
+_EXPIRE_REPLACING = (
+    "UPDATE orders SET status = ?, error = ? WHERE replaces = ? AND status IN (?, ?)"
+    " AND expires <= ?"
+)
+_ORDER_EXPIRED = codec.error_to_json(AcmeError(type=ProblemType.MALFORMED, detail="Order expired"))
 _INSERT_JOB = "INSERT INTO jobs (kind, target_id, lease_until, attempts) VALUES (?, ?, ?, 1)"
 _START_CHALLENGE = (
     # The authz is pending and alive, and (RFC 8555 §7.1.6) no other challenge of it
@@ -435,7 +440,10 @@ class Storage:
 
     # ---- orders and authorizations -------------------------------------------
 
-    async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> None:
+    async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> bool:
+        """Insert the order with its new authorizations; False (nothing written) when
+        another order that is not invalid already names `order.replaces` (RFC 9773 §5:
+        the unique index `ux_orders_replaces_live` decides between concurrent ones)."""
         params = (
             order.id,
             order.account_id,
@@ -451,6 +459,20 @@ class Storage:
         )
 
         async def run(sql: Sql) -> None:
+            if order.replaces is not None:
+                # An order past its expiry reads as invalid (codec) but its row is still
+                # live to the index: made invalid first, it frees the certificate.
+                await sql.send(
+                    _EXPIRE_REPLACING,
+                    (
+                        OrderStatus.INVALID,
+                        _ORDER_EXPIRED,
+                        order.replaces,
+                        OrderStatus.PENDING,
+                        OrderStatus.READY,
+                        codec.to_us(order.created_at),
+                    ),
+                )
             if new_authzs:
                 await insert_authzs(sql, new_authzs)
             await sql.send(
@@ -464,7 +486,14 @@ class Storage:
                 [(order.id, a) for a in order.authz_ids],
             )
 
-        await self._db.write(run)
+        try:
+            await self._db.write(run)
+        except IntegrityError:
+            # IDs are random: with `replaces` set, the conflict is the index's.
+            if order.replaces is None:
+                raise
+            return False
+        return True
 
     async def start_challenge(
         self, authz_id: str, challenge_id: str, *, lease_until: dt.datetime
