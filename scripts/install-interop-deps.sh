@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego (Debian package) and certbot
+# Install the real ACME clients that tests/interop drives: lego and dehydrated (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -34,6 +34,11 @@ if ! command -v lego >/dev/null 2>&1; then
     apt_install lego
 fi
 
+# dehydrated, the bash client on curl (tests/interop/test_interop_dehydrated.py).
+if ! command -v dehydrated >/dev/null 2>&1; then
+    apt_install dehydrated
+fi
+
 # nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
 # instance by PID; the package's default service (port 80, if systemd starts it) is unused.
 if [ ! -x /usr/sbin/nginx ]; then
@@ -66,6 +71,7 @@ if [ ! -d "$NODE_DIR/node_modules" ]; then
 fi
 
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
+echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"

@@ -8,6 +8,9 @@ conventions, both mapped onto the Pebble challtestsrv API (POST /set-txt, /clear
   ``certbot-cleanup`` with no further arguments; the name and value come from CERTBOT_DOMAIN
   and CERTBOT_VALIDATION.
 * lego ``--dns exec`` (EXEC_PATH): ``present FQDN VALUE`` or ``cleanup FQDN VALUE``.
+* dehydrated ``HOOK``: ``deploy_challenge DOMAIN TOKEN_FILENAME VALUE`` and
+  ``clean_challenge DOMAIN TOKEN_FILENAME VALUE``; dehydrated calls its hook for many
+  other events too (deploy_cert, startup_hook, ...), which are ignored with success.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def main(argv: list[str]) -> int:
             _post("/set-txt", {"host": fqdn, "value": value})
         case ["cleanup", fqdn, _value]:
             _post("/clear-txt", {"host": fqdn})
+        case ["deploy_challenge", domain, _token, value]:
+            _post("/set-txt", {"host": _challenge_host(domain), "value": value})
+        case ["clean_challenge", domain, _token, _value]:
+            _post("/clear-txt", {"host": _challenge_host(domain)})
+        case [event, *_] if os.environ.get("DEHYDRATED_HOOK") == "1" and event.isidentifier():
+            return 0  # another dehydrated hook event: nothing to do
         case _:
             print(f"usage: {sys.argv[0]} certbot-auth|certbot-cleanup", file=sys.stderr)
             print(f"       {sys.argv[0]} present|cleanup FQDN VALUE", file=sys.stderr)
