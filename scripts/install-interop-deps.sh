@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego and dehydrated (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated and Caddy (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -39,6 +39,12 @@ if ! command -v dehydrated >/dev/null 2>&1; then
     apt_install dehydrated
 fi
 
+# Caddy, whose ACME client is CertMagic/acmez (tests/interop/test_interop_caddy.py). The
+# tests run their own instance by PID; the package's service (if systemd starts it) is unused.
+if ! command -v caddy >/dev/null 2>&1; then
+    apt_install caddy
+fi
+
 # nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
 # instance by PID; the package's default service (port 80, if systemd starts it) is unused.
 if [ ! -x /usr/sbin/nginx ]; then
@@ -71,6 +77,7 @@ if [ ! -d "$NODE_DIR/node_modules" ]; then
 fi
 
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
+echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
