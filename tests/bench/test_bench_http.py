@@ -267,3 +267,13 @@ async def test_a_header_value_with_a_line_break_is_refused() -> None:
     client = PooledHttpClient(timeout=1)
     with pytest.raises(ValueError, match="line break"):
         await client.request("GET", "http://127.0.0.1:9/", headers={"X": "a\r\nb"}, content=None)
+
+
+async def test_a_body_delimited_by_the_close_of_the_connection() -> None:
+    # RFC 9112 §6.3: no Content-Length and no chunking: the body ends with the connection.
+    async with raw_server(lambda head, body: b"HTTP/1.1 200 OK\r\n\r\nuntil close") as (raw, base):
+        raw.close_after_answer = True
+        client = PooledHttpClient(timeout=5)
+        response = await client.request("GET", f"{base}/", headers={}, content=None)
+        await client.aclose()
+    assert (response.status, response.content) == (200, b"until close")

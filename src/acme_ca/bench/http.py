@@ -12,7 +12,6 @@ redirects, cookies, proxies or compression.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -108,6 +107,7 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._head = False
         self._received = False
+        self._headers_done = False
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
@@ -126,7 +126,17 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if self._waiter is not None and not self._waiter.done():
+            if exc is None and self._delimited_by_close():
+                self._complete()  # RFC 9112 §6.3 item 8: the body ends with the connection
+                return
             self._fail(f"connection closed before the response ended ({exc or 'EOF'})")
+
+    def _delimited_by_close(self) -> bool:
+        """Whether the response's head is in and declares neither a length nor chunking."""
+        if not self._headers_done:
+            return False
+        names = {name.lower() for name, _ in self._headers}
+        return "content-length" not in names and "transfer-encoding" not in names
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
@@ -140,10 +150,7 @@ class _Connection(asyncio.Protocol):
             self._fail(f"malformed HTTP response: {exc}")
 
     def eof_received(self) -> bool | None:
-        if self._parser is not None:
-            with contextlib.suppress(httptools.HttpParserError):
-                self._parser.feed_data(b"")  # completes a read-until-close body
-        return None
+        return None  # close; connection_lost settles a read-until-close body
 
     # -- httptools callbacks -----------------------------------------------------
 
@@ -155,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         if self._head:
             self._complete()  # RFC 9110 §9.3.2: a HEAD response has no content
 
@@ -181,6 +189,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head = head
         self._received = False
+        self._headers_done = False
         self._headers = []
         self._header_bytes = 0
         self._body = []
