@@ -169,13 +169,18 @@ async def test_any_of_several_identities_is_accepted(
     assert await _check(checker, "alias.example.test") is None
 
 
-async def test_lookup_failure_refuses(
+async def test_lookup_failure_refuses_as_a_dns_problem(
     checker: CaaChecker, challtestsrv: ChallengeTestServer
 ) -> None:
+    # RFC 8659 §3: a failed lookup is no permission; RFC 8555 §6.7: it is a `dns` problem.
     challtestsrv.set_servfail("broken.example.test")
-    detail = await _check(checker, "broken.example.test")
-    assert detail is not None
-    assert "lookup" in detail
+    error = await checker.check_caa(
+        _dns("broken.example.test"), account_uri=ACCOUNT, method="http-01", wildcard=False
+    )
+    assert error is not None
+    assert error.type == ProblemType.DNS
+    assert [sub.type for sub in error.subproblems] == [ProblemType.DNS]
+    assert "lookup" in error.detail
 
 
 async def test_ip_identifiers_have_no_caa(checker: CaaChecker) -> None:

@@ -101,6 +101,28 @@ async def _finalize_after_caa_change(svc: AcmeService, cts: ChallengeTestServer,
         assert final.body["status"] == "valid"
 
 
+async def test_finalize_with_a_failing_caa_lookup_is_a_dns_problem(
+    data_dir: Path, challtestsrv: ChallengeTestServer, database_url: str
+) -> None:
+    # RFC 8659 §3: no answer is no permission; RFC 8555 §6.7: the problem is `dns`.
+    name = "caa-servfail.example.test"
+    async with (
+        running_service(data_dir, challtestsrv, database_url, caa_recheck_hours=0) as svc,
+        client_for(svc) as client,
+    ):
+        order = await order_with_http01(client, [name], challtestsrv)
+        challtestsrv.set_servfail(name)
+        try:
+            with pytest.raises(AcmeProblem) as info:
+                await client.finalize(order["finalize"], build_csr(generate_key("p256"), [name]))
+        finally:
+            challtestsrv.clear_servfail(name)
+    assert info.value.type == "urn:ietf:params:acme:error:dns"
+    (sub,) = info.value.subproblems
+    assert sub["type"] == "urn:ietf:params:acme:error:dns"
+    assert sub["identifier"] == {"type": "dns", "value": name}
+
+
 async def test_finalize_skips_recent_validations(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer
 ) -> None:

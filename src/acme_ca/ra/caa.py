@@ -62,7 +62,10 @@ class CaaPolicy:
                 if len(problems) == 1
                 else f"CAA records prevent issuance for {len(problems)} identifiers"
             )
-            raise AcmeError(type=ProblemType.CAA, detail=detail, subproblems=tuple(problems))
+            # `dns` when every lookup failed, `caa` when a record refused (or both kinds).
+            kinds = {p.type for p in problems}
+            kind = kinds.pop() if len(kinds) == 1 else ProblemType.CAA
+            raise AcmeError(type=kind, detail=detail, subproblems=tuple(problems))
 
 
 def _subproblems(error: AcmeError, authz: Authorization) -> Sequence[SubProblem]:

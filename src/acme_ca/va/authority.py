@@ -80,8 +80,9 @@ class ValidationAuthority:
                     identifier, account_uri=account_uri, method=method, wildcard=wildcard
                 )
         except TimeoutError:
+            # A lookup that never finished is a DNS problem, not a CAA refusal.
             return AcmeError(
-                type=ProblemType.CAA, detail=f"CAA lookup for {identifier.value} timed out"
+                type=ProblemType.DNS, detail=f"CAA lookup for {identifier.value} timed out"
             )
 
     async def validate(self, request: ValidationRequest) -> ValidationResult:

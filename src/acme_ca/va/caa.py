@@ -104,7 +104,8 @@ class CaaChecker:
     async def check_caa(
         self, identifier: Identifier, *, account_uri: str, method: str, wildcard: bool
     ) -> AcmeError | None:
-        """None when CAA permits issuance, else a `caa` problem naming the identifier.
+        """None when CAA permits issuance, else a `caa` problem naming the identifier
+        (a `dns` problem when the lookup itself failed, as Boulder reports it).
 
         `identifier` is the authorization's (no "*."); `method` is the challenge type
         that validated it (RFC 8657 §4 validationmethods).
@@ -115,8 +116,11 @@ class CaaChecker:
         try:
             owner, records = await relevant_rrset(self._resolver, identifier.value)
         except AcmeError as exc:
-            # RFC 8659 §3: a failed lookup must not be read as "no CAA".
-            return _problem(identifier, f"CAA lookup for {shown} failed: {exc.detail}")
+            # RFC 8659 §3: a failed lookup must not be read as "no CAA"; it is a DNS
+            # problem (RFC 8555 §6.7 `dns`), not a refusal by a CAA record.
+            return _problem(
+                identifier, f"CAA lookup for {shown} failed: {exc.detail}", ProblemType.DNS
+            )
         reason = self._refusal(records, account_uri=account_uri, method=method, wildcard=wildcard)
         if reason is None:
             return None
@@ -152,9 +156,9 @@ class CaaChecker:
         return f"no {tag!r} record authorizes this CA ({', '.join(sorted(self._identities))})"
 
 
-def _problem(identifier: Identifier, detail: str) -> AcmeError:
+def _problem(identifier: Identifier, detail: str, kind: ProblemType = ProblemType.CAA) -> AcmeError:
     return AcmeError(
-        type=ProblemType.CAA,
+        type=kind,
         detail=detail,
-        subproblems=(SubProblem(type=ProblemType.CAA, detail=detail, identifier=identifier),),
+        subproblems=(SubProblem(type=kind, detail=detail, identifier=identifier),),
     )
