@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import secrets
 import struct
@@ -83,10 +84,24 @@ class ScriptedServer(asyncio.DatagramProtocol):
 
     async def __aenter__(self) -> ScriptedServer:
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(LOOPBACK, self._bind_port))
-        if self.tcp_handler is not None:
-            self._tcp = await asyncio.start_server(self._serve_tcp, LOOPBACK, self.port)
-        return self
+        for attempt in range(20):
+            await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(LOOPBACK, self._bind_port)
+            )
+            if self.tcp_handler is None:
+                return self
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, LOOPBACK, self.port)
+            except OSError as exc:
+                # The UDP port the kernel chose may be some outgoing connection's TCP
+                # port: close it and let the kernel choose again.
+                assert self._transport is not None
+                self._transport.close()
+                if exc.errno != errno.EADDRINUSE or self._bind_port or attempt == 19:
+                    raise
+                continue
+            return self
+        raise AssertionError("unreachable")
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._transport is not None
