@@ -88,3 +88,15 @@ description = "30-day internal"
         load_settings(environ={"ACME_CA_RATE_LIMITS": "strict"})
     with pytest.raises(ConfigError, match="JSON object"):
         load_settings(environ={"ACME_CA_PROFILES": "{nope"})
+
+
+def test_a_new_hmac_key_never_reads_as_a_command_line_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from acme_ca.ra import eab
+
+    dash = [bytes([0xF8]) + bytes(31), bytes([0xFB]) + bytes(31)]  # base64url "-..."
+    assert all(base64.urlsafe_b64encode(d).startswith(b"-") for d in dash)
+    draws = iter([*dash, bytes([0xFC]) + bytes(31)])  # "_..." is fine
+    monkeypatch.setattr("acme_ca.ra.eab.secrets.token_bytes", lambda n: next(draws))
+    assert eab.new_hmac_key() == bytes([0xFC]) + bytes(31)

@@ -83,7 +83,8 @@ def _assert_certbot_issued(certbot: Client, server: AcmeServer, name: str) -> No
 
 def test_certbot_with_eab_registers_and_issues(eab_certbot: Client, eab_server: AcmeServer) -> None:
     kid, hmac_key = _eab_key(eab_server)
-    eab = ["--eab-kid", kid, "--eab-hmac-key", hmac_key]
+    # "--flag=value": a key that began with "-" would otherwise read as an option.
+    eab = [f"--eab-kid={kid}", f"--eab-hmac-key={hmac_key}"]
     eab_certbot.ok("register", "--agree-tos", "--email", "eab@example.test", *eab)
     eab_certbot.ok("certonly", *_certbot_http01(eab_server, "eab1.example.test"))
     _assert_certbot_issued(eab_certbot, eab_server, "eab1.example.test")
@@ -113,7 +114,7 @@ def test_lego_with_eab_runs_and_a_used_key_is_refused(
 ) -> None:
     kid, hmac_key = _eab_key(eab_server)
     http = ["--http", "--http.port", f"127.0.0.1:{eab_server.http01_port}"]
-    eab = ["--eab", "--kid", kid, "--hmac", hmac_key]
+    eab = ["--eab", f"--kid={kid}", f"--hmac={hmac_key}"]
     eab_lego.ok(*eab, *http, "-d", "eab2.example.test", "run")
     leaf, *intermediates = load_pems(eab_lego.state_dir / "certificates" / "eab2.example.test.crt")
     assert dns_names(leaf) == {"eab2.example.test"}

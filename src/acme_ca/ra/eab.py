@@ -54,9 +54,22 @@ async def create_eab_key(store: PolicyStore, *, label: str | None = None) -> Eab
     """A new key ID and random HMAC key; the caller shows the key to the operator once."""
     return await store.create_eab_key(
         kid=f"kid-{secrets.token_urlsafe(12)}",
-        hmac_key=secrets.token_bytes(HMAC_KEY_BYTES),
+        hmac_key=new_hmac_key(),
         label=label,
     )
+
+
+def new_hmac_key() -> bytes:
+    """Random HMAC key bytes whose base64url form does not start with "-".
+
+    Operators paste the key into command lines; one starting with "-" reads as an
+    option (certbot: `--eab-hmac-key: expected one argument`), so it is drawn again
+    (62 is "-" in the base64url alphabet, RFC 4648 §5).
+    """
+    while True:
+        key = secrets.token_bytes(HMAC_KEY_BYTES)
+        if key[0] >> 2 != 62:
+            return key
 
 
 async def list_eab_keys(store: PolicyStore) -> list[EabKey]:
