@@ -30,6 +30,22 @@ apt_install() {
     fi
 }
 
+# Servers installed only as test tools (nginx, Caddy): Debian would start their services
+# (ports 80/443) on a machine with systemd. invoke-rc.d and deb-systemd-invoke ask
+# /usr/sbin/policy-rc.d first; exit 101 means "do not start", for this install only.
+apt_install_no_start() {
+    local policy=/usr/sbin/policy-rc.d made=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        made=1
+    fi
+    local status=0
+    apt_install "$@" || status=$?
+    if [ "$made" -eq 1 ]; then as_root rm -f "$policy"; fi
+    return "$status"
+}
+
 if ! command -v lego >/dev/null 2>&1; then
     apt_install lego
 fi
@@ -40,15 +56,15 @@ if ! command -v dehydrated >/dev/null 2>&1; then
 fi
 
 # Caddy, whose ACME client is CertMagic/acmez (tests/interop/test_interop_caddy.py). The
-# tests run their own instance by PID; the package's service (if systemd starts it) is unused.
+# tests run their own instance by PID; the package's service is not started.
 if ! command -v caddy >/dev/null 2>&1; then
-    apt_install caddy
+    apt_install_no_start caddy
 fi
 
 # nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
-# instance by PID; the package's default service (port 80, if systemd starts it) is unused.
+# instance by PID; the package's service is not started.
 if [ ! -x /usr/sbin/nginx ]; then
-    apt_install nginx
+    apt_install_no_start nginx
 fi
 
 if [ ! -x "$CERTBOT_VENV/bin/certbot" ]; then
