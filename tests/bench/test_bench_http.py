@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -12,11 +11,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from acme_ca.bench.http import Headers, PooledHttpClient, TransportError
+from tests.va.va_servers import make_cert, server_context
 
 # A handler gets the request head (up to the blank line) and the body; it answers raw
 # bytes, or None to close the connection without answering.
@@ -205,43 +202,10 @@ async def test_refused_connection_is_a_transport_error() -> None:
         await client.request("GET", f"http://127.0.0.1:{port}/", headers={}, content=None)
 
 
-def _tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_path, key_path)
-    return server, str(cert_path)
-
-
 async def test_https_with_a_ca_bundle_and_refused_without(tmp_path: Path) -> None:
-    server_tls, bundle = _tls_pair(tmp_path)
-    async with raw_server(lambda head, body: ok(b"tls"), server_tls) as (_, base):
-        trusting = PooledHttpClient(verify=bundle, timeout=5)
+    cert = make_cert(tmp_path, names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    async with raw_server(lambda head, body: ok(b"tls"), server_context(cert)) as (_, base):
+        trusting = PooledHttpClient(verify=str(cert[0]), timeout=5)
         response = await trusting.request("GET", f"{base}/", headers={}, content=None)
         await trusting.aclose()
         assert response.content == b"tls"

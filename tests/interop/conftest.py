@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +85,9 @@ def free_port(*, udp_too: bool = False) -> int:
 _HANDED_OUT: set[int] = set()
 
 
-def _start(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    argv: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             list(argv),
@@ -93,6 +95,7 @@ def _start(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=log.parent,
+            env=env,
         )
 
 

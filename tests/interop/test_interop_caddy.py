@@ -11,7 +11,6 @@ import contextlib
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.interop.conftest import AcmeServer, _require, dns_names, tail
+from tests.interop.conftest import AcmeServer, _require, _start, _stop, dns_names, tail
 
 pytestmark = pytest.mark.interop
 
@@ -50,22 +49,13 @@ def _caddy(binary: Path, server: AcmeServer, tmp_path: Path, sites: str) -> Iter
     )
     log = tmp_path / "caddy.log"
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "run", "--config", str(config), "--adapter", "caddyfile"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = _start(
+        [str(binary), "run", "--config", str(config), "--adapter", "caddyfile"], log, env=env
+    )
     try:
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop(proc)
 
 
 def _served_leaf(server: AcmeServer, name: str) -> x509.Certificate | None:

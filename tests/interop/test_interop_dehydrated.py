@@ -9,7 +9,6 @@ CA's root through CURL_CA_BUNDLE.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from tests.interop.conftest import (
     Client,
     _client_env,
     _require,
+    _start,
+    _stop,
     _wait_until,
     assert_chains_to_root,
     dns_names,
@@ -46,13 +47,8 @@ def wellknown(acme_server: AcmeServer, tmp_path: Path) -> Iterator[Path]:
     directory = root / ".well-known" / "acme-challenge"
     directory.mkdir(parents=True)
     log = tmp_path / "http01-files.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
-             str(root), str(acme_server.http01_port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)]
+    server = _start([*argv, str(acme_server.http01_port)], log)
     try:
         probe = directory / "probe"
         probe.write_text("ok")
@@ -60,8 +56,7 @@ def wellknown(acme_server: AcmeServer, tmp_path: Path) -> Iterator[Path]:
         probe.unlink()
         yield directory
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        _stop(server)
 
 
 def _served(port: int) -> bool:

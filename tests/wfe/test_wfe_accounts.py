@@ -90,15 +90,9 @@ async def test_orders_list_is_paginated(make_client: ClientFactory, service: obj
 
 async def test_key_change(make_client: ClientFactory) -> None:
     client = await make_client()
-    new_key = generate_key("p256")
-    url = (await client.directory())["keyChange"]
-    inner = sign_jws(
-        new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url, nonce=None
-    )
-    resp = await client.post(url, inner)
-    assert resp.status == 200
-    client.key = new_key
-    client._thumbprint = client.thumbprint  # keep the client consistent with its new key
+    old_thumbprint = client.thumbprint
+    assert (await client.change_key(generate_key("p256"))).status == 200
+    assert client.thumbprint != old_thumbprint
     assert (await client.post_as_get(client.kid or "")).body["status"] == "valid"
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from acme_ca.bench.client import AcmeClient, AcmeProblem
-from acme_ca.bench.jws import generate_key, jwk_of, sign_jws
+from acme_ca.bench.client import AcmeProblem
+from acme_ca.bench.jws import generate_key
 from acme_ca.service import AcmeService
 from acme_ca.testing import ChallengeTestServer
 from tests.policy_helpers import client_for, running_service
@@ -29,17 +29,6 @@ async def other(
         yield svc
 
 
-async def _change_key(client: AcmeClient) -> None:
-    new_key = generate_key("p256")
-    url = (await client.directory())["keyChange"]
-    inner = sign_jws(
-        new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url, nonce=None
-    )
-    assert (await client.post(url, inner)).status == 200
-    client.key = new_key
-    client._thumbprint = client.thumbprint
-
-
 async def test_old_key_is_refused_at_once_after_a_key_change_elsewhere(
     service: AcmeService, other: AcmeService
 ) -> None:
@@ -48,7 +37,7 @@ async def test_old_key_is_refused_at_once_after_a_key_change_elsewhere(
         await here.new_order(["kept1.example.test"])  # this front end now knows the account
         async with client_for(other, register=False, key=key) as there:
             there.kid = here.kid
-            await _change_key(there)
+            assert (await there.change_key(generate_key("p256"))).status == 200
         with pytest.raises(AcmeProblem) as refused:
             await here.new_order(["kept2.example.test"])  # still signed with the old key
         assert refused.value.type == ERR + "malformed"
@@ -65,7 +54,7 @@ async def test_new_key_is_accepted_at_once_after_a_key_change_elsewhere(
         await here.new_order(["kept6.example.test"])  # this front end now knows the account
         async with client_for(other, register=False, key=key) as there:
             there.kid = here.kid
-            await _change_key(there)
+            assert (await there.change_key(generate_key("p256"))).status == 200
         # Straight away with the new key: the kept copy (old key) must not refuse it.
         here.key = there.key
         here._thumbprint = here.thumbprint

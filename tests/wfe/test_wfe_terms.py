@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem, AcmeResponse, build_csr
-from acme_ca.bench.jws import PrivateKey, generate_key, jwk_of, sign_jws
+from acme_ca.bench.jws import generate_key
 from acme_ca.cli import _add_common, _add_serve, _settings
 from acme_ca.config import Settings, load_settings
 from acme_ca.service import AcmeService
@@ -137,22 +137,10 @@ async def test_account_url_key_change_and_revocation_stay_open(
             assert (
                 "termsOfService" in (await there.post_as_get(f"{BASE_URL}/directory")).body["meta"]
             )
-            await _change_key(there)
+            assert (await there.change_key(generate_key("p256"))).status == 200
             assert (await there.revoke(cert.public_bytes(Encoding.DER))).status == 200
             # None of these was an agreement.
             await _refused(there.new_order(["tos-still.example.test"]))
-
-
-async def _change_key(client: AcmeClient) -> PrivateKey:
-    new_key = generate_key("p256")
-    url = (await client.directory())["keyChange"]
-    inner = sign_jws(
-        new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url, nonce=None
-    )
-    assert (await client.post(url, inner)).status == 200
-    client.key = new_key
-    client._thumbprint = client.thumbprint
-    return new_key
 
 
 async def test_agreeing_again_records_the_current_terms(

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from acme_ca.bench.http import Headers, HttpClient, HttpResponse, PooledHttpClient, TransportError
-from acme_ca.bench.jws import PrivateKey, b64url, jwk_thumbprint, sign_jws
+from acme_ca.bench.jws import PrivateKey, b64url, jwk_of, jwk_thumbprint, sign_jws
 
 __all__ = [
     "AcmeClient",
@@ -473,6 +473,21 @@ class AcmeClient:
         return await self.post(
             await self._url("revokeCert"), payload, endpoint=Endpoint.REVOKE, key=key
         )
+
+    async def change_key(self, new_key: PrivateKey) -> AcmeResponse:
+        """Roll the account over to `new_key` (RFC 8555 §7.3.5); later requests, and key
+        authorizations, use it."""
+        if self.kid is None:
+            raise ValueError("no account URL yet: call new_account() first")
+        url = await self._url("keyChange")
+        # The inner JWS: signed by the new key, no nonce, the same url as the outer one.
+        inner = sign_jws(
+            new_key, {"account": self.kid, "oldKey": jwk_of(self.key)}, url=url, nonce=None
+        )
+        resp = await self.post(url, inner, endpoint=Endpoint.ACCOUNT)
+        self.key = new_key
+        self._thumbprint = jwk_thumbprint(new_key)
+        return resp
 
     async def deactivate_account(self) -> AcmeResponse:
         """RFC 8555 §7.3.6."""
