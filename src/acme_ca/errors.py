@@ -43,7 +43,7 @@ class ProblemType(enum.StrEnum):
     UNSUPPORTED_CONTACT = _PREFIX + "unsupportedContact"
     UNSUPPORTED_IDENTIFIER = _PREFIX + "unsupportedIdentifier"
     USER_ACTION_REQUIRED = _PREFIX + "userActionRequired"
-    # Not an ACME type: the front end maps these to plain HTTP statuses.
+    # No ACME type of their own: rendered as `malformed` with their HTTP status.
     NOT_FOUND = "about:blank#notFound"
     METHOD_NOT_ALLOWED = "about:blank#methodNotAllowed"
     CONFLICT = "about:blank#conflict"

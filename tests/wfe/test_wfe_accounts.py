@@ -104,6 +104,9 @@ async def test_key_change_to_taken_key_is_conflict(make_client: ClientFactory) -
         await a.post(url, inner)
     assert info.value.status == 409
     assert info.value.headers["location"] == b.kid
+    # RFC 8555 §6.7: an ACME error type whose `status` is the HTTP status.
+    assert info.value.type == ERR + "malformed"
+    assert info.value.body["status"] == 409
 
 
 async def test_key_change_with_wrong_old_key_is_refused(make_client: ClientFactory) -> None:

@@ -45,12 +45,17 @@ async def test_get_on_post_resource_is_405_with_allow(http: httpx.AsyncClient) -
     assert resp.status_code == 405
     assert resp.headers["allow"] == "POST"
     assert resp.headers["content-type"] == "application/problem+json"
+    # RFC 8555 §6.7: an ACME error type, and `status` equal to the HTTP status.
+    assert resp.json()["type"] == ERR + "malformed"
+    assert resp.json()["status"] == 405
 
 
 async def test_unknown_path_is_404_problem(http: httpx.AsyncClient) -> None:
     resp = await http.get("/nope")
     assert resp.status_code == 404
     assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["type"] == ERR + "malformed"
+    assert resp.json()["status"] == 404
 
 
 async def test_full_issuance_with_http01(

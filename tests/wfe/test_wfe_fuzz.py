@@ -300,7 +300,7 @@ def _check_problem(resp: httpx.Response) -> None:
     doc = resp.json()
     assert isinstance(doc, dict)
     assert isinstance(doc.get("type"), str)
-    assert doc["type"].startswith(("urn:ietf:params:acme:error:", "about:blank"))
+    assert doc["type"].startswith("urn:ietf:params:acme:error:")
     assert isinstance(doc.get("detail"), str)
     assert doc.get("status") == resp.status_code
     # RFC 8555 §6.5: a fresh nonce on every answer, errors included.

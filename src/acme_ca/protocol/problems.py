@@ -12,8 +12,11 @@ CONTENT_TYPE = "application/problem+json"
 
 
 def _wire_type(problem_type: ProblemType) -> str:
-    # Non-ACME statuses (404, 405, 409) are plain HTTP problems.
-    return "about:blank" if problem_type.startswith("about:") else str(problem_type)
+    # RFC 8555 §6.7: ACME problems carry an ACME error type. 404, 405 and 409 have no
+    # type of their own; as Boulder and Pebble, they are `malformed` with that status.
+    if problem_type.startswith("about:"):
+        return str(ProblemType.MALFORMED)
+    return str(problem_type)
 
 
 def subproblem_document(sub: SubProblem) -> dict[str, Any]:
