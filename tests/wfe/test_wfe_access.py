@@ -1,7 +1,7 @@
 """Access control, and the request-gate rules test_wfe_gate.py leaves out (RFC 8555 §6, §7).
 
-An account reaches only its own resources; another account's answer is the same
-404 as for a resource that does not exist. A deactivated account can do nothing,
+An account reaches only its own resources; another account's is `unauthorized`
+(403), a resource that does not exist 404. A deactivated account can do nothing,
 an expired authorization cannot be validated. Gate rules here: expired nonce,
 retry with the badNonce response's nonce, POST-as-GET payloads, Content-Type
 parameters, HEAD on POST-only resources, tampered pagination cursors.
@@ -74,7 +74,7 @@ def _der(cert: Any) -> bytes:
 # --- one account, its own resources ------------------------------------------
 
 
-async def test_foreign_resources_answer_like_missing_ones(
+async def test_foreign_resources_are_unauthorized(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer, service: AcmeService
 ) -> None:
     owner, stranger = await make_client(), await make_client()
@@ -96,11 +96,12 @@ async def test_foreign_resources_answer_like_missing_ones(
     ]
     before = await _snapshot(service)
     for foreign, missing, payload in attempts:
+        # RFC 8555 §7.5 (and Boulder, Pebble): another account's resource is
+        # `unauthorized`; one that does not exist is 404.
         seen = await _problem_of(stranger.post(foreign, payload))
+        assert (seen.status, seen.type) == (403, ERR + "unauthorized"), (foreign, seen)
         absent = await _problem_of(stranger.post(missing, payload))
-        assert seen.status == 404, (foreign, seen)
-        # Not a byte more: the answer does not tell "someone else's" from "none".
-        assert (seen.type, seen.detail) == (absent.type, absent.detail), foreign
+        assert (absent.status, absent.type) == (404, ERR + "malformed"), (missing, absent)
     assert await _snapshot(service) == before
     # The owner still reaches everything.
     assert (await owner.post_as_get(authz_url)).body["status"] == "valid"

@@ -196,7 +196,7 @@ async def test_other_account_cannot_see_order_authz_or_cert(
     for url in (order["url"], order["authorizations"][0], order["certificate"]):
         with pytest.raises(AcmeProblem) as info:
             await stranger.post_as_get(url)
-        assert info.value.status == 404
+        assert (info.value.status, info.value.type) == (403, ERR + "unauthorized")
 
 
 async def test_authz_deactivation(make_client: ClientFactory) -> None:

@@ -7,7 +7,7 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from acme_ca.errors import malformed, not_found
+from acme_ca.errors import malformed, not_found, unauthorized
 from acme_ca.model import Account, Authorization, Challenge, ChallengeStatus, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
 from acme_ca.protocol.jws import ParsedJws, public_key_of
@@ -56,9 +56,11 @@ async def new_order(fe: FrontEnd, request: Request) -> Response:
 
 async def _own_order(fe: FrontEnd, account: Account, order_id: str) -> Order:
     found = await fe.storage.get_order(order_id)
-    # Another account's order answers as if it did not exist.
-    if found is None or found.account_id != account.id:
+    if found is None:
         raise not_found("Order not found")
+    if found.account_id != account.id:
+        # As Pebble (and Boulder for authorizations): not the requester's resource.
+        raise unauthorized("The order belongs to another account")
     return found
 
 
@@ -83,8 +85,11 @@ async def finalize(fe: FrontEnd, request: Request) -> Response:
 
 async def _own_authz(fe: FrontEnd, account: Account, authz_id: str) -> Authorization:
     found = await fe.storage.get_authz(authz_id)
-    if found is None or found.account_id != account.id:
+    if found is None:
         raise not_found("Authorization not found")
+    if found.account_id != account.id:
+        # RFC 8555 §7.5: the authorization (and its challenges) are the account's own.
+        raise unauthorized("The authorization belongs to another account")
     return found
 
 
@@ -132,8 +137,10 @@ async def certificate(fe: FrontEnd, request: Request) -> Response:
     _require_post_as_get(verified.jws, "A certificate")
     account = verified.require_account()
     cert = await fe.storage.get_certificate(request.path_params["cert_id"])
-    if cert is None or cert.account_id != account.id:
+    if cert is None:
         raise not_found("Certificate not found")
+    if cert.account_id != account.id:
+        raise unauthorized("The certificate belongs to another account")
     index = int(request.path_params.get("index", 0))
     if index >= len(cert.pem_chains):
         raise not_found("No such alternate chain")
