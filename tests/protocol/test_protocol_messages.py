@@ -129,8 +129,16 @@ def test_account_update_deactivate_and_contact() -> None:
     assert parse_account_update({}).deactivate is False
 
 
-@pytest.mark.parametrize("status", ["valid", "revoked", "DEACTIVATED", 1])
-def test_account_status_can_only_become_deactivated(status: Any) -> None:
+@pytest.mark.parametrize("status", ["valid", "revoked", "DEACTIVATED", "pending"])
+def test_account_status_other_than_deactivated_is_ignored(status: str) -> None:
+    # RFC 8555 §7.3.2: the server MUST ignore updates to "status" (but §7.3.6's).
+    update = parse_account_update({"status": status, "contact": ["mailto:a@example.test"]})
+    assert update.deactivate is False
+    assert update.contact == ("mailto:a@example.test",)
+
+
+@pytest.mark.parametrize("status", [1, True, ["deactivated"], {}])
+def test_account_status_of_wrong_type_is_malformed(status: Any) -> None:
     refused(ProblemType.MALFORMED, parse_account_update, {"status": status})
 
 

@@ -61,6 +61,25 @@ async def test_account_update_and_post_as_get(make_client: ClientFactory) -> Non
     assert fetched.body["status"] == "valid"
 
 
+async def test_account_update_ignores_status_and_orders(make_client: ClientFactory) -> None:
+    # RFC 8555 §7.3.2: updates to "orders" and "status" (but deactivation) are ignored,
+    # so a client may post back the account object it was given.
+    client = await make_client()
+    assert client.kid is not None
+    account = (await client.post_as_get(client.kid)).body
+    echoed = {**account, "status": "revoked", "orders": "https://elsewhere.test/x"}
+    echoed["contact"] = ["mailto:echo@example.test"]
+    updated = await client.post(client.kid, echoed)
+    assert updated.status == 200
+    assert updated.body["status"] == "valid"
+    assert updated.body["orders"] == account["orders"]
+    assert updated.body["contact"] == ["mailto:echo@example.test"]
+    # A status of the wrong type is still malformed.
+    with pytest.raises(AcmeProblem) as info:
+        await client.post(client.kid, {"status": 1})
+    assert info.value.type == ERR + "malformed"
+
+
 async def test_account_url_of_other_account_is_unauthorized(make_client: ClientFactory) -> None:
     a, b = await make_client(), await make_client()
     assert b.kid is not None

@@ -123,10 +123,9 @@ def parse_new_account(payload: dict[str, Any]) -> NewAccountRequest:
 
 
 def parse_account_update(payload: dict[str, Any]) -> AccountUpdate:
+    # RFC 8555 §7.3.2: the server MUST ignore updates to "status" other than the
+    # deactivation of §7.3.6 (a client may post back the account object it holds).
     status = _opt(payload, "status", str)
-    if status is not None and status != "deactivated":
-        # RFC 8555 §7.3.6: the only status a client may set is "deactivated".
-        raise malformed(f"Account status may only be set to 'deactivated', not {status!r}")
     contact = payload.get("contact")
     return AccountUpdate(
         contact=validate_contacts(contact) if contact is not None else None,
