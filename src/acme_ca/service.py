@@ -189,6 +189,12 @@ class AcmeAsgiApp:
         self._settings = settings
         self._service: AcmeService | None = None
 
+    @property
+    def http_handler(self) -> Any:
+        """The front end's app, which the serving protocol calls directly
+        (`wfe/http_server.py`); None before lifespan startup."""
+        return None if self._service is None else self._service.app
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)

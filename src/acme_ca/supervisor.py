@@ -22,7 +22,7 @@ from types import FrameType
 
 import uvicorn
 
-from acme_ca.wfe.http_protocol import CoalescingHttpToolsProtocol
+from acme_ca.wfe.http_server import AcmeHttpProtocol
 
 __all__ = ["WorkerSpec", "run_single", "run_workers"]
 
@@ -62,7 +62,8 @@ def _config(spec: WorkerSpec) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=AcmeHttpProtocol,
+        server_header=False,
         ws="none",
         timeout_graceful_shutdown=5,
     )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
+from acme_ca.model import OrderStatus
 from acme_ca.protocol.eab import ExternalAccountBinding, parse_eab
 from acme_ca.protocol.jws import (
     import_public_jwk,
@@ -22,6 +21,7 @@ from acme_ca.protocol.jws import (
 from acme_ca.protocol.messages import parse_account_update, parse_new_account
 from acme_ca.protocol.resources import render_account
 from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import json_response
 
 __all__ = [
@@ -175,11 +175,15 @@ async def account_orders(fe: FrontEnd, request: Request) -> Response:
     ids, cursor = await fe.storage.list_order_ids(
         acct.id, after=_decode_cursor(request.query_params.get("cursor")), limit=fe.orders_page_size
     )
+    # RFC 8555 §7.1.2.1: invalid orders (expired ones included) SHOULD NOT be listed.
+    # A page may come out shorter than the page size; the cursor still moves on.
+    orders = await asyncio.gather(*(fe.storage.get_order(i) for i in ids))
+    listed = [o.id for o in orders if o is not None and o.status != OrderStatus.INVALID]
     headers = {}
     if cursor is not None:
         next_url = f"{fe.urls.account_orders(acct.id)}?cursor={_encode_cursor(cursor)}"
         headers["Link"] = f'<{next_url}>;rel="next"'
-    return json_response({"orders": [fe.urls.order(i) for i in ids]}, headers=headers)
+    return json_response({"orders": [fe.urls.order(i) for i in listed]}, headers=headers)
 
 
 async def key_change(fe: FrontEnd, request: Request) -> Response:

@@ -1,9 +1,13 @@
-"""The ASGI application: one route table, one wrapper for headers and errors.
+"""The front end's application: one route table, one wrapper for headers and errors.
 
 Every handler is registered here with its methods. The wrapper adds `Replay-Nonce`,
 `Link: rel="index"` and `Cache-Control`, and is the one place where an `AcmeError`
 becomes a problem document and an unexpected exception becomes `serverInternal`
 with no internal detail (logged with a request id).
+
+`AcmeApp.handle` takes a whole request and returns a whole response; the serving
+processes call it from their own HTTP/1.1 protocol (`wfe/http_server.py`), and
+`AcmeApp.__call__` is an ASGI adapter over it for in-process clients (tests).
 """
 
 from __future__ import annotations
@@ -15,13 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-from acme_ca.errors import AcmeError, ProblemType, server_internal
+from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
 from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
-from acme_ca.wfe.responses import problem_response
+from acme_ca.wfe.http_types import Address, Headers, Request, Response
+from acme_ca.wfe.responses import body_too_large, problem_response
 
 __all__ = ["AcmeApp", "RouteSpec", "create_app"]
 
@@ -51,7 +53,7 @@ def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> N
         raw[link_at] = (b"link", raw[link_at][1] + b", " + index)
     else:
         raw.append((b"link", index))
-    if request.scope["method"] == "POST":
+    if request.method == "POST":
         if cache_at >= 0:
             raw[cache_at] = (b"cache-control", b"no-store")
         else:
@@ -68,7 +70,7 @@ def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[R
             log.info(
                 "%s %s -> %d %s: %s",
                 request.method,
-                request.url.path,
+                request.path,
                 exc.http_status,
                 exc.type.rsplit(":", 1)[-1],
                 exc.detail,
@@ -80,7 +82,7 @@ def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[R
                 "unhandled error, request id %s, %s %s",
                 request_id,
                 request.method,
-                request.url.path,
+                request.path,
             )
             response = problem_response(
                 server_internal(f"An internal error occurred (request id {request_id})")
@@ -136,7 +138,7 @@ def _match(route: RouteSpec, parts: list[str]) -> dict[str, Any] | None:
 
 
 class AcmeApp:
-    """The ASGI application: one route table, dispatched by segment count.
+    """The application: one route table, dispatched by segment count.
 
     Starlette's application and router wrap every request in two middlewares and
     an exception-handling layer and try each route's regular expression in turn;
@@ -151,30 +153,80 @@ class AcmeApp:
         for route in routes:
             self._by_length.setdefault(len(route.segments), []).append(route)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan and websockets are the composition root's business
+    @property
+    def max_body_bytes(self) -> int:
+        return self._fe.gate.max_body_bytes
+
+    async def handle(self, request: Request) -> Response:
         # Exact paths: "/directory/" or "//directory" is another resource (404).
-        parts = scope["path"][1:].split("/")
+        parts = request.path[1:].split("/")
         allowed: set[str] = set()
         for route in self._by_length.get(len(parts), ()):
             params = _match(route, parts)
             if params is None:
                 continue
-            if scope["method"] in route.methods:
-                scope["path_params"] = params
-                response = await route.endpoint(Request(scope, receive))
-                await response(scope, receive, send)
-                return
+            if request.method in route.methods:
+                request.path_params = params
+                return await route.endpoint(request)
             allowed |= route.methods
-        request = Request(scope, receive)
         if allowed:
             error = _method_not_allowed(", ".join(sorted(allowed)))
         else:
             error = AcmeError(type=ProblemType.NOT_FOUND, detail="Resource not found")
+        return self.error_response(request, error)
+
+    def error_response(self, request: Request, error: AcmeError) -> Response:
+        """A problem document with the headers every answer carries (nonce, index link)."""
         response = problem_response(error)
         _add_common_headers(self._fe, request, response)
-        await response(scope, receive, send)
+        return response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI adapter: the request is read whole (within the size limit), then handled."""
+        if scope["type"] != "http":
+            return  # lifespan and websockets are the composition root's business
+        client = scope.get("client")
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            query_string=scope.get("query_string", b""),
+            headers=Headers([(n.lower(), v) for n, v in scope["headers"]]),
+            body=b"",
+            client=Address(client[0], client[1]) if client else None,
+        )
+        chunks: list[bytes] = []
+        size = 0
+        limit = self.max_body_bytes
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # Gone before its request was read: nothing happened, nobody to answer.
+                error = malformed("The client disconnected before sending its request")
+                response = self.error_response(request, error)
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                response = self.error_response(request, body_too_large(limit))
+                break
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                request.body = b"".join(chunks)
+                response = await self.handle(request)
+                break
+        await send_asgi(response, scope, send)
+
+
+async def send_asgi(response: Response, scope: Scope, send: Send) -> None:
+    headers = list(response.raw_headers)
+    status = response.status_code
+    body = response.body
+    if status >= 200 and status not in (204, 304):
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+    else:
+        body = b""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 def create_app(fe: FrontEnd) -> AcmeApp:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from acme_ca.errors import malformed, not_found, unauthorized
 from acme_ca.model import Account, Authorization, Challenge, ChallengeStatus, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
@@ -19,6 +16,7 @@ from acme_ca.protocol.messages import (
 )
 from acme_ca.protocol.resources import render_authz, render_challenge, render_order
 from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import json_response
 
 __all__ = [

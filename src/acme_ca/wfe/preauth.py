@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from acme_ca.errors import malformed, not_found
 from acme_ca.protocol.messages import parse_identifier
 from acme_ca.protocol.resources import render_authz
 from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import json_response
 
 __all__ = ["new_authz"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from acme_ca.protocol.ari import parse_cert_id, render_renewal_info
 from acme_ca.wfe.context import FrontEnd
+from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import json_response
 
 __all__ = ["renewal_info"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.responses import Response
-
-from acme_ca.errors import AcmeError
+from acme_ca.errors import AcmeError, ProblemType
 from acme_ca.protocol.problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from acme_ca.protocol.problems import problem_document
+from acme_ca.wfe.http_types import Response
 
-__all__ = ["json_response", "problem_response"]
+__all__ = ["body_too_large", "json_response", "problem_response"]
 
 # One encoder: `json.dumps` with separators builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -30,3 +29,9 @@ def problem_response(error: AcmeError) -> Response:
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
+
+
+def body_too_large(limit: int) -> AcmeError:
+    return AcmeError(
+        type=ProblemType.MALFORMED, detail=f"Request body exceeds {limit} bytes", status=413
+    )

@@ -1,0 +1,461 @@
+"""The serving processes' HTTP/1.1 protocol: httptools' parser straight to `AcmeApp.handle`.
+
+uvicorn still owns the sockets, TLS, the lifespan, signals and graceful shutdown;
+this class replaces only its per-connection protocol (`uvicorn.Config(http=...)`).
+uvicorn's own protocol turns every request into an ASGI scope, a task running the
+ASGI cycle, a receive queue and two send messages whose headers it re-validates,
+and then the application builds Starlette objects from that scope again: 11-13 % of
+a worker's CPU under load went to that plumbing (py-spy, concurrency 8). Here a
+request is read whole (within the size limit) into the front end's own `Request`,
+handled by one task, and its answer leaves as one write.
+
+Errors of the transport are answered as ACME problems (`malformed`) with the
+headers of every ACME answer (Replay-Nonce, Link rel="index"), then the connection
+is closed: an unparsable request (400), a body over the limit (413, refused before
+it is read when Content-Length says so), headers over 16 KiB (431). A request
+that stalls half-read is dropped after `request_timeout` seconds; an idle
+keep-alive connection after uvicorn's `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import secrets
+from collections import deque
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.server import ServerState
+
+from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
+from acme_ca.wfe.http_types import Address, Headers, Request, Response
+from acme_ca.wfe.responses import body_too_large
+
+__all__ = ["AcmeHttpProtocol", "HttpHandler", "serialize_response"]
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 16 * 1024
+"""Request line plus headers; llhttp itself sets no limit (node's default is 16 KiB)."""
+REQUEST_TIMEOUT = 30.0
+"""Seconds from a request's first byte to its last."""
+_MAX_QUEUED = 16
+"""Pipelined requests kept before the connection stops reading."""
+
+
+class HttpHandler(Protocol):
+    """What the protocol serves: `AcmeApp`."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    async def handle(self, request: Request) -> Response: ...
+
+    def error_response(self, request: Request, error: AcmeError) -> Response: ...
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def serialize_response(
+    response: Response,
+    *,
+    head: bool,
+    keep_alive: bool,
+    default_headers: list[tuple[bytes, bytes]],
+) -> bytes:
+    status = response.status_code
+    parts = [_STATUS_LINES[status]]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in response.raw_headers:
+        # Header values carry URLs and IDs; none may end the header early.
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise ValueError(f"invalid response header {name!r}")
+        parts += (name, b": ", value, b"\r\n")
+    body = response.body
+    if status < 200 or status in (204, 304):
+        body = b""
+    else:
+        parts += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if body and not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; the refusal is `_refusal`."""
+
+
+def _handler_of(config: Config) -> HttpHandler:
+    """The handler behind a uvicorn config, found on its first connection."""
+    handler: HttpHandler | None = getattr(config, "_acme_http_handler", None)
+    if handler is None:
+        handler = _find_handler(config.loaded_app)
+        config._acme_http_handler = handler  # type: ignore[attr-defined]
+    return handler
+
+
+def _find_handler(app: Any) -> HttpHandler:
+    # uvicorn wraps the ASGI app in middlewares (`.app`); the composition root's app
+    # exposes the front end's handler once its lifespan startup has built it.
+    seen = 0
+    while app is not None and seen < 10:
+        handler = getattr(app, "http_handler", None)
+        if handler is not None:
+            return handler  # type: ignore[no-any-return]
+        app = getattr(app, "app", None)
+        seen += 1
+    raise RuntimeError("the served application exposes no http_handler")
+
+
+class _Item:
+    """A queued request, or a refusal to answer in its turn and then close."""
+
+    __slots__ = ("keep_alive", "refusal", "request")
+
+    def __init__(
+        self, request: Request, *, keep_alive: bool, refusal: AcmeError | None = None
+    ) -> None:
+        self.request = request
+        self.keep_alive = keep_alive
+        self.refusal = refusal
+
+
+class AcmeHttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection (keep-alive, pipelining in order, 100-continue)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self._config = config
+        self._state = server_state
+        self._loop = _loop or asyncio.get_event_loop()
+        self._handler = _handler_of(config)
+        self._max_body = self._handler.max_body_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer: Address | None = None
+        self._queue: deque[_Item] = deque()
+        self._busy = False
+        self._closing = False
+        self._reading_done = False
+        self._refusal: AcmeError | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        # The request being read.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._method = "GET"
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._state.connections.add(self)  # type: ignore[arg-type]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer = Address(str(peer[0]), int(peer[1]))
+        self._arm(self._config.timeout_keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.connections.discard(self)
+        self._closing = True
+        self._queue.clear()
+        self._disarm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._reading_done:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (h2c, websocket) is not offered: the request is answered as HTTP/1.1
+            # when it was complete; what follows its headers is not read.
+            if not self._queue and not self._busy:
+                self._refuse(malformed("Protocol upgrade is not supported"))
+            else:
+                self._stop_reading()
+        except httptools.HttpParserError as exc:
+            # A callback's refusal reaches here wrapped in HttpParserCallbackError.
+            refusal, self._refusal = self._refusal, None
+            if refusal is None:
+                log.info("unparsable HTTP request from %s: %s", self._peer, exc)
+                refusal = malformed("The request is not valid HTTP/1.1")
+            self._refuse(refusal)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy:
+            self._next()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close now if idle, else after the answer in flight."""
+        self._closing = True
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self._method = "GET"
+        self._arm(REQUEST_TIMEOUT)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._method = self._parser.get_method().decode("ascii", "replace")
+        declared = self._declared_length()
+        if declared is not None and declared > self._max_body:
+            self._refusal = body_too_large(self._max_body)
+            raise _Refused
+        if self._transport is None or self._busy or self._queue:
+            return  # an interim answer would land between earlier answers
+        for name, value in self._headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                # RFC 9110 §10.1.1: the client waits for this before sending its body.
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._refusal = body_too_large(self._max_body)
+            raise _Refused
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._new_request()
+        try:
+            parsed = httptools.parse_url(self._url)
+            raw_path = parsed.path
+            if raw_path is None or not raw_path.startswith(b"/"):
+                raise ValueError("not an origin-form target")
+            path = raw_path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, ValueError):
+            self._enqueue(
+                _Item(request, keep_alive=False, refusal=malformed("Invalid request target"))
+            )
+            self._stop_reading()
+            return
+        request.path = unquote(path) if "%" in path else path
+        request.query_string = parsed.query or b""
+        request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        keep_alive = self._parser.should_keep_alive()
+        self._arm(None)
+        self._enqueue(_Item(request, keep_alive=keep_alive))
+        if not keep_alive:
+            self._stop_reading()
+        elif len(self._queue) >= _MAX_QUEUED:
+            self._pause_reading()
+
+    # Requests and answers, in order
+
+    def _new_request(self) -> Request:
+        return Request(
+            method=self._method,
+            path="/",
+            query_string=b"",
+            headers=Headers(self._headers),
+            body=b"",
+            client=self._peer,
+        )
+
+    def _enqueue(self, item: _Item) -> None:
+        self._queue.append(item)
+        if not self._busy:
+            self._next()
+
+    def _next(self) -> None:
+        if self._closing or self._write_paused or not self._queue or self._transport is None:
+            return
+        item = self._queue.popleft()
+        self._busy = True
+        if self._reading_paused and len(self._queue) < _MAX_QUEUED // 2:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        task = self._loop.create_task(self._answer(item))
+        self._state.tasks.add(task)
+        task.add_done_callback(self._state.tasks.discard)
+
+    async def _answer(self, item: _Item) -> None:
+        request = item.request
+        try:
+            if item.refusal is not None:
+                response = self._handler.error_response(request, item.refusal)
+            else:
+                if self._config.proxy_headers and "x-forwarded-for" in request.headers:
+                    request.client = await _forwarded_client(self._config, request)
+                response = await self._handler.handle(request)
+            # The last answer before the connection stops reading says it closes.
+            last = self._reading_done and not self._queue
+            item.keep_alive = item.keep_alive and item.refusal is None and not last
+            data = self._serialize(response, request, item.keep_alive)
+        except asyncio.CancelledError:
+            self._close()
+            raise
+        except Exception:
+            request_id = secrets.token_hex(8)
+            log.exception("unanswerable request, request id %s", request_id)
+            error = server_internal(f"An internal error occurred (request id {request_id})")
+            try:
+                data = self._serialize(
+                    self._handler.error_response(request, error), request, keep_alive=False
+                )
+            except Exception:
+                self._close()
+                return
+            item.keep_alive = False
+        self._finish(data, keep_alive=item.keep_alive)
+
+    def _serialize(self, response: Response, request: Request, keep_alive: bool) -> bytes:
+        return serialize_response(
+            response,
+            head=request.method == "HEAD",
+            keep_alive=keep_alive and not self._closing,
+            default_headers=self._state.default_headers,
+        )
+
+    def _finish(self, data: bytes, *, keep_alive: bool) -> None:
+        self._busy = False
+        self._state.total_requests += 1
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if not keep_alive or self._closing:
+            self._close()
+            return
+        if self._queue:
+            self._next()
+        elif not self._parser_mid_request():
+            self._arm(self._config.timeout_keep_alive)
+
+    def _parser_mid_request(self) -> bool:
+        return self._timer is not None  # armed with REQUEST_TIMEOUT while one is being read
+
+    def _refuse(self, error: AcmeError) -> None:
+        """Answer a request the transport could not accept, after those before it."""
+        self._stop_reading()
+        self._enqueue(_Item(self._new_request(), keep_alive=False, refusal=error))
+
+    # Connection state
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refusal = AcmeError(
+                type=ProblemType.MALFORMED,
+                detail=f"Request headers exceed {MAX_HEADER_BYTES} bytes",
+                status=431,
+            )
+            raise _Refused
+
+    def _declared_length(self) -> int | None:
+        for name, value in self._headers:
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def _stop_reading(self) -> None:
+        # Nothing more is parsed; queued answers still go out, then the connection closes.
+        for item in self._queue:
+            item.keep_alive = False
+        self._reading_done = True
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _arm(self, delay: float | None) -> None:
+        self._disarm()
+        if delay is not None:
+            self._timer = self._loop.call_later(delay, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._busy:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._disarm()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+
+async def _forwarded_client(config: Config, request: Request) -> Address | None:
+    """The client behind a trusted proxy (X-Forwarded-For), decided by uvicorn's own rule."""
+    proxy: ProxyHeadersMiddleware | None = getattr(config, "_acme_proxy_headers", None)
+    if proxy is None:
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+        proxy = ProxyHeadersMiddleware(inner, trusted_hosts=config.forwarded_allow_ips)
+        config._acme_proxy_headers = proxy  # type: ignore[attr-defined]
+    scope: dict[str, Any] = {
+        "type": "http",
+        "client": tuple(request.client) if request.client else None,
+        "headers": request.headers.raw,
+    }
+    await proxy(scope, _no_receive, _no_send)  # type: ignore[arg-type]
+    client = scope.get("client")
+    return Address(str(client[0]), int(client[1] or 0)) if client else None
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+async def _no_send(message: Any) -> None:
+    return None

@@ -1,0 +1,342 @@
+"""The serving protocol: HTTP/1.1 framing, limits and errors in front of `AcmeApp.handle`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from acme_ca.errors import AcmeError, ProblemType
+from acme_ca.wfe.http_server import MAX_HEADER_BYTES, AcmeHttpProtocol, serialize_response
+from acme_ca.wfe.http_types import Request, Response
+from acme_ca.wfe.responses import problem_response
+
+MAX_BODY = 1024
+
+
+@dataclass
+class FakeHandler:
+    """Echoes what it was given; the path chooses a behaviour."""
+
+    seen: list[Request] = field(default_factory=list)
+    max_body_bytes: int = MAX_BODY
+
+    async def handle(self, request: Request) -> Response:
+        self.seen.append(request)
+        if request.path == "/slow":
+            await asyncio.sleep(0.05)
+        if request.path == "/boom":
+            raise RuntimeError("handler bug")
+        if request.path == "/empty":
+            return Response(status_code=204)
+        if request.path == "/inject":
+            return Response(b"x", headers={"Location": "a\r\nSet-Cookie: x=1"})
+        doc = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string.decode(),
+            "body": request.body.decode(),
+            "client": request.client.host if request.client else None,
+        }
+        return Response(json.dumps(doc), media_type="application/json")
+
+    def error_response(self, request: Request, error: AcmeError) -> Response:
+        response = problem_response(error)
+        response.headers["Replay-Nonce"] = "fake-nonce"
+        return response
+
+
+class FakeApp:
+    def __init__(self, handler: FakeHandler) -> None:
+        self.http_handler = handler
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the ASGI path is not used by the protocol")
+
+
+@dataclass
+class Served:
+    port: int
+    handler: FakeHandler
+
+
+async def _serve(
+    *, keep_alive: float = 5.0, forwarded_allow_ips: str = "127.0.0.1"
+) -> tuple[asyncio.Server, Served]:
+    handler = FakeHandler()
+    config = uvicorn.Config(
+        FakeApp(handler),
+        lifespan="off",
+        timeout_keep_alive=int(keep_alive) if keep_alive >= 1 else 1,
+        forwarded_allow_ips=forwarded_allow_ips,
+        log_level="warning",
+    )
+    config.load()
+    config.timeout_keep_alive = keep_alive  # type: ignore[assignment]
+    state = ServerState()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: AcmeHttpProtocol(config, state, {}), sock=sock, start_serving=True
+    )
+    return server, Served(port=sock.getsockname()[1], handler=handler)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    server, info = await _serve()
+    yield info
+    server.close()
+    await server.wait_closed()
+
+
+async def _exchange(port: int, data: bytes, *, wait: float = 3.0) -> bytes:
+    """Send `data`, read until the server closes or `wait` seconds pass."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return received
+
+
+def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream of HTTP/1.1 responses (Content-Length framed)."""
+    out: list[tuple[int, dict[str, str], bytes]] = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        size = int(headers.get("content-length", "0"))
+        out.append((status, headers, rest[:size]))
+        raw = rest[size:]
+    return out
+
+
+def _get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+def _post(path: str, body: bytes, extra: str = "") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+async def test_keep_alive_answers_each_request_in_order(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/slow?a=1") + _post("/b", b"hi"), wait=0.5)
+    answers = _responses(raw)
+    assert [a[0] for a in answers] == [200, 200]
+    assert json.loads(answers[0][2]) == {
+        "method": "GET",
+        "path": "/slow",
+        "query": "a=1",
+        "body": "",
+        "client": "127.0.0.1",
+    }
+    assert json.loads(answers[1][2])["body"] == "hi"
+    assert "connection" not in answers[0][1]
+
+
+async def test_head_has_length_but_no_body(served: Served) -> None:
+    raw = await _exchange(served.port, b"HEAD /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"content-length: " in head
+    assert b"content-length: 0" not in head
+    assert rest == b""
+
+
+async def test_no_content_has_neither_length_nor_body(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/empty", "Connection: close\r\n"))
+    assert raw.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"content-length" not in raw
+    assert raw.endswith(b"\r\n\r\n")
+
+
+async def test_percent_encoded_path_is_decoded(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/a%2Fb%20c", "Connection: close\r\n"))
+    assert json.loads(_responses(raw)[0][2])["path"] == "/a/b c"
+
+
+async def test_chunked_body_arrives_whole(served: Served) -> None:
+    data = (
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+    )
+    raw = await _exchange(served.port, data, wait=0.5)
+    assert json.loads(_responses(raw)[0][2])["body"] == "abcde"
+
+
+async def test_connection_close_is_honoured(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/x", "Connection: close\r\n") + _get("/never"))
+    answers = _responses(raw)
+    assert len(answers) == 1
+    assert answers[0][1]["connection"] == "close"
+    assert [r.path for r in served.handler.seen] == ["/x"]
+
+
+async def test_http10_closes_after_the_answer(served: Served) -> None:
+    raw = await _exchange(served.port, b"GET /x HTTP/1.0\r\n\r\n")
+    assert _responses(raw)[0][1]["connection"] == "close"
+
+
+def _problem(answer: tuple[int, dict[str, str], bytes], status: int) -> dict[str, Any]:
+    assert answer[0] == status
+    assert answer[1]["content-type"] == "application/problem+json"
+    assert answer[1]["replay-nonce"] == "fake-nonce"
+    doc: dict[str, Any] = json.loads(answer[2])
+    assert doc["type"] == ProblemType.MALFORMED.value
+    assert doc["status"] == status
+    return doc
+
+
+async def test_unparsable_request_is_a_malformed_problem_and_closes(served: Served) -> None:
+    raw = await _exchange(served.port, b"NOT HTTP AT ALL\r\n\r\n")
+    answers = _responses(raw)
+    _problem(answers[0], 400)
+    assert answers[0][1]["connection"] == "close"
+
+
+async def test_unparsable_request_after_a_good_one_is_answered_after_it(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/slow") + b"\x00\x01 garbage\r\n\r\n")
+    answers = _responses(raw)
+    assert answers[0][0] == 200
+    _problem(answers[1], 400)
+
+
+async def test_declared_body_over_the_limit_is_refused_unread(served: Served) -> None:
+    head = f"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n"
+    raw = await _exchange(served.port, head.encode())
+    doc = _problem(_responses(raw)[0], 413)
+    assert str(MAX_BODY) in doc["detail"]
+    assert served.handler.seen == []
+
+
+async def test_chunked_body_over_the_limit_is_refused(served: Served) -> None:
+    chunk = b"x" * (MAX_BODY + 1)
+    data = (
+        b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(chunk):x}\r\n".encode()
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
+    raw = await _exchange(served.port, data)
+    _problem(_responses(raw)[0], 413)
+    assert served.handler.seen == []
+
+
+async def test_body_at_the_limit_is_accepted(served: Served) -> None:
+    raw = await _exchange(served.port, _post("/ok", b"y" * MAX_BODY, "Connection: close\r\n"))
+    assert _responses(raw)[0][0] == 200
+
+
+async def test_headers_over_the_limit_are_refused(served: Served) -> None:
+    filler = "X-Filler: " + "a" * MAX_HEADER_BYTES + "\r\n"
+    raw = await _exchange(served.port, _get("/x", filler))
+    _problem(_responses(raw)[0], 431)
+    assert served.handler.seen == []
+
+
+async def test_expect_100_continue_gets_an_interim_answer(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(
+        b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    writer.close()
+
+
+async def test_handler_error_is_server_internal_without_detail(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/boom"))
+    answer = _responses(raw)[0]
+    assert answer[0] == 500
+    assert answer[1]["connection"] == "close"
+    doc = json.loads(answer[2])
+    assert doc["type"] == ProblemType.SERVER_INTERNAL.value
+    assert "handler bug" not in doc["detail"]
+    assert "request id" in doc["detail"]
+
+
+async def test_header_injection_in_a_response_is_refused(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/inject"))
+    assert _responses(raw)[0][0] == 500
+    assert b"Set-Cookie" not in raw
+
+
+async def test_forwarded_for_is_trusted_from_an_allowed_proxy(served: Served) -> None:
+    raw = await _exchange(
+        served.port, _get("/x", "X-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n")
+    )
+    assert json.loads(_responses(raw)[0][2])["client"] == "203.0.113.9"
+
+
+async def test_forwarded_for_is_ignored_from_anyone_else() -> None:
+    server, info = await _serve(forwarded_allow_ips="10.9.9.9")
+    try:
+        raw = await _exchange(
+            info.port, _get("/x", "X-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n")
+        )
+        assert json.loads(_responses(raw)[0][2])["client"] == "127.0.0.1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_idle_keep_alive_connection_is_closed() -> None:
+    server, info = await _serve(keep_alive=0.2)
+    try:
+        raw = await _exchange(info.port, _get("/x"), wait=3.0)
+        assert len(_responses(raw)) == 1  # then the server closed it, well before 3 s
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_client_gone_mid_body_reaches_no_handler(served: Served) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"POST /half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    await writer.drain()
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert served.handler.seen == []
+    raw = await _exchange(served.port, _get("/after", "Connection: close\r\n"))
+    assert _responses(raw)[0][0] == 200
+
+
+async def test_upgrade_is_not_offered(served: Served) -> None:
+    raw = await _exchange(served.port, _get("/x", "Connection: Upgrade\r\nUpgrade: h2c\r\n"))
+    answers = _responses(raw)
+    assert len(answers) == 1
+    assert answers[0][0] in (200, 400)
+    assert answers[0][1]["connection"] == "close"
+
+
+def test_serialized_answer_is_one_buffer_with_length() -> None:
+    data = serialize_response(
+        Response(b"abc", status_code=201, headers={"Location": "/x"}),
+        head=False,
+        keep_alive=True,
+        default_headers=[(b"date", b"today")],
+    )
+    assert data == (
+        b"HTTP/1.1 201 Created\r\ndate: today\r\nlocation: /x\r\ncontent-length: 3\r\n\r\nabc"
+    )
