@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem
 from acme_ca.bench.jws import generate_key, jwk_of, sign_jws
+from acme_ca.service import AcmeService
 from acme_ca.testing import ChallengeTestServer
+from acme_ca.wfe.app import create_app
 from tests.acme_helpers import ClientFactory, issue
 
 pytestmark = pytest.mark.asyncio
 
 ERR = "urn:ietf:params:acme:error:"
+BASE = "https://acme.test:14000"
 
 
 async def test_new_account_twice_returns_existing_with_200(make_client: ClientFactory) -> None:
@@ -105,6 +111,29 @@ async def test_orders_list_is_paginated(make_client: ClientFactory, service: obj
     acct = await client.post_as_get(client.kid or "")
     listing = await client.post_as_get(acct.body["orders"])
     assert len(listing.body["orders"]) == 3
+
+
+async def test_orders_list_leaves_out_invalid_orders_and_links_next(
+    make_client: ClientFactory, service: AcmeService
+) -> None:
+    owner = await make_client()
+    urls = [(await owner.new_order([f"l{i}.example.test"])).location for i in range(3)]
+    dropped = (await owner.post_as_get(urls[1] or "")).body["authorizations"][0]
+    await owner.deactivate_authorization(dropped)  # its order becomes invalid
+    # Two orders a page, through an app over the same front end.
+    paged = create_app(dataclasses.replace(service.front_end, orders_page_size=2))
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=paged), base_url=BASE)
+    client = AcmeClient(f"{BASE}/directory", account_key=owner.key, kid=owner.kid, http=http)
+    try:
+        first = await client.post_as_get(f"{owner.kid}/orders")
+        # RFC 8555 §7.1.2.1: pending orders listed, invalid ones not, Link rel="next".
+        assert first.body["orders"] == [urls[0]]
+        (next_url,) = first.links("next")
+        second = await client.post_as_get(next_url)
+        assert second.body["orders"] == [urls[2]]
+        assert second.links("next") == []
+    finally:
+        await http.aclose()
 
 
 async def test_key_change(make_client: ClientFactory) -> None:
