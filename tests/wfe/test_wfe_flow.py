@@ -6,9 +6,12 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import update
 
 from acme_ca.bench.client import AcmeProblem, PollFailed, build_csr
 from acme_ca.bench.jws import generate_key
+from acme_ca.service import AcmeService
+from acme_ca.storage.schema import challenges
 from acme_ca.testing import ChallengeTestServer
 from tests.acme_helpers import ClientFactory, issue, order_with_http01
 
@@ -197,6 +200,25 @@ async def test_other_account_cannot_see_order_authz_or_cert(
         with pytest.raises(AcmeProblem) as info:
             await stranger.post_as_get(url)
         assert (info.value.status, info.value.type) == (403, ERR + "unauthorized")
+
+
+async def test_authz_being_validated_carries_retry_after(
+    make_client: ClientFactory, service: AcmeService
+) -> None:
+    client = await make_client()
+    authz_url = (await client.new_order(["poll.example.test"])).body["authorizations"][0]
+    pending = await client.post_as_get(authz_url)
+    assert "retry-after" not in pending.headers
+    # A validation under way (as between the challenge response and its result).
+    chall_id = pending.body["challenges"][0]["url"].rsplit("/", 1)[1]
+    async with service.engines.writer.begin() as conn:
+        await conn.execute(
+            update(challenges).where(challenges.c.id == chall_id).values(status="processing")
+        )
+    polled = await client.post_as_get(authz_url)
+    # RFC 8555 §7.5.1: the client polls the authorization; Retry-After paces it.
+    assert polled.body["status"] == "pending"
+    assert polled.headers["retry-after"] == "1"
 
 
 async def test_authz_deactivation(make_client: ClientFactory) -> None:

@@ -98,7 +98,12 @@ async def authz(fe: FrontEnd, request: Request) -> Response:
     if not verified.jws.is_post_as_get:
         parse_authz_update(verified.jws.payload_json())
         found = await fe.ra.orders.deactivate_authz(account, found)
-    return json_response(render_authz(found, fe.urls))
+    headers = {}
+    if any(c.status == ChallengeStatus.PROCESSING for c in found.challenges):
+        # RFC 8555 §7.5.1: the client polls the authorization while it is validated;
+        # Retry-After says when to look again (as for a processing challenge or order).
+        headers["Retry-After"] = "1"
+    return json_response(render_authz(found, fe.urls), headers=headers)
 
 
 def _challenge_response(fe: FrontEnd, authz_: Authorization, chall: Challenge) -> Response:
