@@ -311,6 +311,43 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
         await server.wait_closed()
 
 
+async def test_keep_alive_deadline_moves_back_after_a_slow_request() -> None:
+    # The request deadline (30 s) replaced the idle one while the request was read;
+    # once answered, the idle deadline (0.2 s here) holds again.
+    server, info = await _serve(keep_alive=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", info.port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+        await asyncio.sleep(0.4)  # past the first idle deadline, mid-request
+        writer.write(b"\r\n")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
+        async with asyncio.timeout(3):
+            while await reader.read(65536):
+                pass
+        assert loop.time() - answered < 1.5
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.3)
+    server, info = await _serve()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await _exchange(info.port, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        assert raw == b""
+        assert loop.time() - started < 2.0  # dropped, not kept until the 3 s wait
+        assert info.handler.seen == []
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_client_gone_mid_body_reaches_no_handler(served: Served) -> None:
     _reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
     writer.write(b"POST /half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")

@@ -82,21 +82,25 @@ def serialize_response(
     for name, value in default_headers:
         parts += (name, b": ", value, b"\r\n")
     for name, value in response.raw_headers:
-        # Header values carry URLs and IDs; none may end the header early.
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-            raise ValueError(f"invalid response header {name!r}")
         parts += (name, b": ", value, b"\r\n")
+    # Status line, headers, blank line; then Content-Length and Connection if added.
+    lines = len(default_headers) + len(response.raw_headers) + 2
     body = response.body
     if status < 200 or status in (204, 304):
         body = b""
     else:
         parts += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
+        lines += 1
     if not keep_alive:
         parts.append(b"connection: close\r\n")
+        lines += 1
     parts.append(b"\r\n")
-    if body and not head:
-        parts.append(body)
-    return b"".join(parts)
+    head_bytes = b"".join(parts)
+    # Header values carry URLs and IDs; none may end a header line early: one CR and
+    # one LF per line, counted in C instead of five searches per header.
+    if head_bytes.count(b"\n") != lines or head_bytes.count(b"\r") != lines:
+        raise ValueError("a response header holds a line break")
+    return head_bytes + body if body and not head else head_bytes
 
 
 class _Refused(Exception):
@@ -166,6 +170,8 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._mid_request = False
         # The request being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -233,6 +239,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._method = "GET"
+        self._mid_request = True
         self._arm(REQUEST_TIMEOUT)
 
     def on_url(self, url: bytes) -> None:
@@ -281,6 +288,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         request.query_string = parsed.query or b""
         request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         keep_alive = self._parser.should_keep_alive()
+        self._mid_request = False
         self._arm(None)
         self._enqueue(_Item(request, keep_alive=keep_alive))
         if not keep_alive:
@@ -367,11 +375,8 @@ class AcmeHttpProtocol(asyncio.Protocol):
             return
         if self._queue:
             self._next()
-        elif not self._parser_mid_request():
+        elif not self._mid_request:
             self._arm(self._config.timeout_keep_alive)
-
-    def _parser_mid_request(self) -> bool:
-        return self._timer is not None  # armed with REQUEST_TIMEOUT while one is being read
 
     def _refuse(self, error: AcmeError) -> None:
         """Answer a request the transport could not accept, after those before it."""
@@ -412,18 +417,35 @@ class AcmeHttpProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _arm(self, delay: float | None) -> None:
-        self._disarm()
-        if delay is not None:
-            self._timer = self._loop.call_later(delay, self._expire)
+        """Close the connection `delay` seconds from now unless re-armed; None: never.
+
+        Called two or three times per request, so it moves a deadline and lets one
+        timer per connection catch up with it, instead of a new timer each time."""
+        if delay is None:
+            self._deadline = None
+            return
+        deadline = self._deadline = self._loop.time() + delay
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     def _disarm(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _expire(self) -> None:
+    def _check_deadline(self) -> None:
         self._timer = None
-        if not self._busy:
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+        elif not self._busy:
+            self._deadline = None
             self._close()
 
     def _close(self) -> None:
