@@ -1,4 +1,5 @@
-"""The guarded transitions of `Storage`, raced between two "processes".
+"""The guarded transitions of `Storage`, raced between two "processes"; and the
+queries whose answer depends on the store's clock (the orders list).
 
 Each process is a `Storage` with engines of its own on one database, so the two
 meet only in the database: SQLite's file lock, or PostgreSQL's row locks. Each
@@ -358,3 +359,67 @@ async def test_used_nonces_are_purged_after_they_expire(pair: Pair) -> None:
     assert await pair.a.redeem_nonce("live", now + SECOND)
     assert await pair.b.purge_used_nonces(now) == 1
     assert not await pair.a.redeem_nonce("live", now + SECOND)
+
+
+async def _all_listed(store: Storage, account: Account, *, limit: int) -> list[list[str]]:
+    """Every page of the account's orders list, following the cursor to the end."""
+    pages: list[list[str]] = []
+    after: tuple[int, str] | None = None
+    while True:
+        ids, after = await store.list_order_ids(account.id, after=after, limit=limit)
+        pages.append(ids)
+        if after is None:
+            return pages
+
+
+async def test_orders_list_leaves_out_invalid_and_expired_orders_in_full_pages(
+    pair: Pair,
+) -> None:
+    """RFC 8555 §7.1.2.1: invalid orders (expired pending or ready ones too) are not
+    listed, and left out by the query, so every page but the last is full."""
+    start = pair.clock.now()
+    account, other = await _account(pair.a, start), await _account(pair.a, start)
+
+    async def made(status: OrderStatus, step: int) -> tuple[Order, list[Authorization]]:
+        # One microsecond apart: the list is in creation order.
+        at = start + step * dt.timedelta(microseconds=1)
+        return await _order(pair.a, account, at, names=1, status=status)
+
+    pending, _ = await made(OrderStatus.PENDING, 0)
+    deactivated, (authz,) = await made(OrderStatus.PENDING, 1)
+    ready, _ = await made(OrderStatus.READY, 2)
+    expiring = Order(
+        id=_id(),
+        account_id=account.id,
+        status=OrderStatus.PENDING,
+        identifiers=(Identifier(type="dns", value="expiring.test"),),
+        authz_ids=(),
+        expires=start + SECOND,
+        created_at=start + 3 * dt.timedelta(microseconds=1),
+    )
+    assert await pair.a.create_order(expiring, [])
+    finalized, _ = await made(OrderStatus.READY, 4)
+    await _order(pair.a, other, start, names=1, status=OrderStatus.PENDING)
+    assert await pair.a.deactivate_authz(authz.id)
+    assert await pair.a.begin_finalize(
+        finalized.id, csr_der=b"csr", serial=secrets.token_hex(16), lease_until=start
+    )
+    # Before its expiry the short-lived order is listed; the invalid one is not.
+    assert await _all_listed(pair.b, account, limit=2) == [
+        [pending.id, ready.id],
+        [expiring.id, finalized.id],
+    ]
+    stored = await pair.b.get_order(deactivated.id)
+    assert stored is not None
+    assert stored.status == OrderStatus.INVALID
+    # Past it, the pending (`expiring`) order reads invalid and leaves the list; a
+    # processing order does not expire (RFC 8555 §7.1.6), so the first page is full.
+    pair.clock.advance(2 * SECOND)
+    assert await _all_listed(pair.b, account, limit=2) == [
+        [pending.id, ready.id],
+        [finalized.id],
+    ]
+    assert await _all_listed(pair.b, account, limit=3) == [[pending.id, ready.id, finalized.id]]
+    # Past the expiry of the others as well: only the processing order is left.
+    pair.clock.advance(dt.timedelta(days=8))
+    assert await _all_listed(pair.b, account, limit=2) == [[finalized.id]]

@@ -117,7 +117,7 @@ async def test_orders_list_leaves_out_invalid_orders_and_links_next(
     make_client: ClientFactory, service: AcmeService
 ) -> None:
     owner = await make_client()
-    urls = [(await owner.new_order([f"l{i}.example.test"])).location for i in range(3)]
+    urls = [(await owner.new_order([f"l{i}.example.test"])).location for i in range(4)]
     dropped = (await owner.post_as_get(urls[1] or "")).body["authorizations"][0]
     await owner.deactivate_authorization(dropped)  # its order becomes invalid
     # Two orders a page, through an app over the same front end.
@@ -126,11 +126,12 @@ async def test_orders_list_leaves_out_invalid_orders_and_links_next(
     client = AcmeClient(f"{BASE}/directory", account_key=owner.key, kid=owner.kid, http=http)
     try:
         first = await client.post_as_get(f"{owner.kid}/orders")
-        # RFC 8555 §7.1.2.1: pending orders listed, invalid ones not, Link rel="next".
-        assert first.body["orders"] == [urls[0]]
+        # RFC 8555 §7.1.2.1: pending orders listed, invalid ones not, Link rel="next";
+        # the invalid order leaves no gap: the first page is full.
+        assert first.body["orders"] == [urls[0], urls[2]]
         (next_url,) = first.links("next")
         second = await client.post_as_get(next_url)
-        assert second.body["orders"] == [urls[2]]
+        assert second.body["orders"] == [urls[3]]
         assert second.links("next") == []
     finally:
         await http.aclose()

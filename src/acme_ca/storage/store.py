@@ -136,6 +136,16 @@ _UPSERT_COUNTER_IF_ISSUED = (
 )
 
 
+# The orders list (RFC 8555 §7.1.2.1) by `ix_orders_account_created`: the account's
+# orders in creation order, the invalid ones (expired ones included) left out.
+_LIST_ORDERS = (
+    "SELECT id, created_at FROM orders WHERE account_id = ?"
+    " AND status <> ? AND (status NOT IN (?, ?) OR expires > ?)"
+)
+_LIST_ORDERS_AFTER = " AND (created_at > ? OR (created_at = ? AND id > ?))"
+_LIST_ORDERS_PAGE = " ORDER BY created_at, id LIMIT ?"
+
+
 async def _one(sql: Sql, text: str, params: Sequence[Any]) -> Row | None:
     return await sql.one(text, params)
 
@@ -257,21 +267,27 @@ class Storage:
     async def list_order_ids(
         self, account_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> tuple[list[str], tuple[int, str] | None]:
+        """A page of the account's orders that are not invalid, oldest first, and the
+        cursor of the next page (None on the last).
+
+        RFC 8555 §7.1.2.1: invalid orders SHOULD NOT be listed; that includes pending
+        and ready orders past their expiry (invalid when read, `codec.order_from_row`).
+        Left out in SQL, so a page is full whenever enough orders remain.
+        """
+        live = (
+            OrderStatus.INVALID,
+            OrderStatus.PENDING,
+            OrderStatus.READY,
+            codec.to_us(self._clock.now()),
+        )
         if after is None:
-            text = (
-                "SELECT id, created_at FROM orders WHERE account_id = ?"
-                " ORDER BY created_at, id LIMIT ?"
-            )
-            params: tuple[Any, ...] = (account_id, limit + 1)
+            text = _LIST_ORDERS + _LIST_ORDERS_PAGE
+            params: tuple[Any, ...] = (account_id, *live, limit + 1)
         else:
             created, last_id = after
-            text = (
-                "SELECT id, created_at FROM orders WHERE account_id = ?"
-                " AND (created_at > ? OR (created_at = ? AND id > ?))"
-                " ORDER BY created_at, id LIMIT ?"
-            )
-            params = (account_id, created, created, last_id, limit + 1)
-        rows = await self._db.read(lambda sql: sql.all(text, params))
+            text = _LIST_ORDERS + _LIST_ORDERS_AFTER + _LIST_ORDERS_PAGE
+            params = (account_id, *live, created, created, last_id, limit + 1)
+        rows = await self._db.read(_all, text, params)
         page = rows[:limit]
         cursor = (page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
         return [r["id"] for r in page], cursor
