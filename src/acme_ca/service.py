@@ -129,6 +129,8 @@ async def build_service(
         ari_retry_after=dt.timedelta(seconds=settings.ari_retry_after),
         terms_of_service=terms_url,
     )
+    # One policy for account keys at the RA and for the JWS algorithms at the gate.
+    key_policy = KeyPolicy()
     ra = RegistrationAuthority(
         RAContext(
             storage=storage,
@@ -136,7 +138,7 @@ async def build_service(
             ca=ca,
             clock=clock,
             identifier_policy=_identifier_policy(settings),
-            key_policy=KeyPolicy(),
+            key_policy=key_policy,
             settings=ra_settings,
         )
     )
@@ -153,6 +155,7 @@ async def build_service(
             terms=RequiredTerms(url=terms_url, legacy=legacy_terms)
             if settings.require_terms_reagreement
             else None,
+            algorithms=key_policy.jws_algorithms,
         ),
         meta=DirectoryMeta(
             terms_of_service=terms_url,

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from acme_ca.errors import AcmeError, ProblemType
 from acme_ca.policy import keys
 from acme_ca.policy.keys import KeyPolicy, check_public_key, spki_sha256
+from acme_ca.protocol.jws import ALLOWED_ALGORITHMS
 
 POLICY = KeyPolicy()
 
@@ -170,6 +171,15 @@ def test_ed25519_refused_unless_allowed() -> None:
     key = ed25519.Ed25519PrivateKey.generate().public_key()
     assert "Ed25519" in _refused(key)
     check_public_key(key, KeyPolicy(allow_ed25519=True))
+
+
+def test_jws_algorithms_follow_the_allowed_keys() -> None:
+    # RFC 8555 §6.2: what badSignatureAlgorithm lists is what an account key can use.
+    assert POLICY.jws_algorithms == ("RS256", "ES256", "ES384")
+    assert KeyPolicy(allow_p521=True).jws_algorithms == ("RS256", "ES256", "ES384", "ES512")
+    assert KeyPolicy(allow_ed25519=True).jws_algorithms == ("RS256", "ES256", "ES384", "EdDSA")
+    allow_all = KeyPolicy(allow_p521=True, allow_ed25519=True)
+    assert allow_all.jws_algorithms == ALLOWED_ALGORITHMS
 
 
 def test_dsa_x25519_ed448_refused() -> None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -272,6 +273,41 @@ def test_missing_alg_is_bad_signature_algorithm(key: PrivateKey) -> None:
     problem(ProblemType.BAD_SIGNATURE_ALGORITHM, body(signed(key, {"alg": None})))
 
 
+# What a server whose key policy refuses P-521 and Ed25519 keys accepts.
+NARROW = ("RS256", "ES256", "ES384")
+
+
+def _p521() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP521R1())
+
+
+@pytest.mark.parametrize("kind", ["p521", "ed25519"])
+def test_alg_outside_given_algorithms_lists_only_them(kind: str) -> None:
+    data = body(signed(_p521() if kind == "p521" else generate_key(kind)))
+    parse_flattened(data)  # ES512 and EdDSA are among the default algorithms
+    with pytest.raises(AcmeError) as info:
+        parse_flattened(data, algorithms=NARROW)
+    assert info.value.type == ProblemType.BAD_SIGNATURE_ALGORITHM
+    # RFC 8555 §6.2: the list a client can follow, not every algorithm we could verify.
+    assert info.value.extra["algorithms"] == list(NARROW)
+    assert info.value.detail.endswith("accepted: RS256, ES256, ES384")
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "rsa2048"])
+def test_alg_inside_given_algorithms_parses_and_verifies(kind: str) -> None:
+    private = generate_key(kind)
+    jws = parse_flattened(body(signed(private)), algorithms=NARROW)
+    verify_signature(jws, import_public_jwk(jwk_of(private)), algorithms=NARROW)
+
+
+def test_given_algorithm_that_is_not_verifiable_is_still_refused(key: PrivateKey) -> None:
+    # The allowlist bounds what a caller's list can add: never `none` or a MAC.
+    for alg in ("none", "HS256"):
+        with pytest.raises(AcmeError) as info:
+            parse_flattened(body(signed(key, {"alg": alg})), algorithms=(*NARROW, alg))
+        assert info.value.type == ProblemType.BAD_SIGNATURE_ALGORITHM
+
+
 @pytest.mark.parametrize("extra", [{"b64": False}, {"b64": True}, {"crit": ["b64"]}, {"crit": []}])
 def test_b64_and_crit_are_refused(key: PrivateKey, extra: dict[str, Any]) -> None:
     problem(ProblemType.MALFORMED, body(signed(key, extra)))
@@ -395,6 +431,30 @@ def _parse_and_key(private: PrivateKey, **kwargs: Any) -> tuple[ParsedJws, Any]:
 def test_valid_signature_verifies(kind: str) -> None:
     jws, public = _parse_and_key(generate_key(kind))
     verify_signature(jws, public)
+
+
+def test_valid_p521_signature_verifies() -> None:
+    jws, public = _parse_and_key(_p521())
+    assert jws.header.alg == "ES512"
+    verify_signature(jws, public)
+
+
+def test_verification_refuses_an_alg_outside_its_algorithms() -> None:
+    # Parsed with the wider default list, verified with a narrower one.
+    jws, public = _parse_and_key(generate_key("p384"))
+    verify_signature(jws, public, algorithms=NARROW)
+    with pytest.raises(AcmeError) as info:
+        verify_signature(jws, public, algorithms=("RS256", "ES256"))
+    assert info.value.type == ProblemType.BAD_SIGNATURE_ALGORITHM
+    assert info.value.extra["algorithms"] == ["RS256", "ES256"]
+
+
+def test_alg_not_matching_key_lists_the_given_algorithms() -> None:
+    jws, public = _parse_and_key(generate_key("p256"), header={"alg": "ES384"})
+    with pytest.raises(AcmeError) as info:
+        verify_signature(jws, public, algorithms=NARROW)
+    assert info.value.type == ProblemType.BAD_SIGNATURE_ALGORITHM
+    assert info.value.extra["algorithms"] == list(NARROW)
 
 
 @pytest.mark.parametrize(

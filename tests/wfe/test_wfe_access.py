@@ -355,9 +355,11 @@ async def test_eddsa_signed_request_is_judged_not_crashed(make_client: ClientFac
     client = await make_client(register=False, key_kind="ed25519")
     with pytest.raises(AcmeProblem) as info:
         await client.new_account()
-    # Ed25519 account keys are a configuration choice (goodkey), off by default; the
-    # signature was checked first, so this is the policy speaking, not a crash.
-    assert info.value.type == ERR + "badPublicKey"
+    # Ed25519 account keys are a configuration choice (goodkey), off by default, and
+    # with them EdDSA (RFC 8555 §6.2: the problem lists what a client can use). A gate
+    # that accepts EdDSA verifies it: gate `test_gate_accepts_the_algorithms_of_a_wider_key_policy`.
+    assert info.value.type == ERR + "badSignatureAlgorithm"
+    assert "EdDSA" not in info.value.body["algorithms"]
 
 
 async def test_key_change_cannot_take_a_deactivated_accounts_key(

@@ -145,6 +145,18 @@ async def test_key_change(make_client: ClientFactory) -> None:
     assert (await client.post_as_get(client.kid or "")).body["status"] == "valid"
 
 
+async def test_key_change_to_a_key_the_policy_refuses_lists_the_accepted_algorithms(
+    make_client: ClientFactory,
+) -> None:
+    # The inner JWS is signed by the new account key: the gate's algorithms apply.
+    client = await make_client()
+    with pytest.raises(AcmeProblem) as info:
+        await client.change_key(generate_key("ed25519"))
+    assert info.value.type == ERR + "badSignatureAlgorithm"
+    assert info.value.body["algorithms"] == ["RS256", "ES256", "ES384"]
+    assert (await client.change_key(generate_key("p384"))).status == 200
+
+
 async def test_key_change_to_taken_key_is_conflict(make_client: ClientFactory) -> None:
     a, b = await make_client(), await make_client()
     url = (await a.directory())["keyChange"]

@@ -6,9 +6,14 @@ import json
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ca.bench.client import AcmeProblem
-from acme_ca.bench.jws import b64url, generate_key, jwk_of
+from acme_ca.bench.jws import PrivateKey, b64url, generate_key, jwk_of, jws_alg
+from acme_ca.policy.keys import KeyPolicy
+from acme_ca.service import AcmeService
+from acme_ca.wfe.gate import Gate
+from acme_ca.wfe.http_types import Headers, Request
 from tests.acme_helpers import ClientFactory, fresh_nonce, post_raw, raw_jws
 
 pytestmark = pytest.mark.asyncio
@@ -18,6 +23,9 @@ BASE = "https://acme.test:14000"
 NEW_ACCOUNT = f"{BASE}/acme/new-account"
 NEW_ORDER = f"{BASE}/acme/new-order"
 ACCOUNT_PAYLOAD = json.dumps({"termsOfServiceAgreed": True}).encode()
+# The default key policy refuses P-521 and Ed25519 account keys (policy/keys.py), so
+# ES512 and EdDSA are not offered (RFC 8555 §6.2).
+DEFAULT_ALGORITHMS = ["RS256", "ES256", "ES384"]
 
 
 def _problem(resp: httpx.Response, status: int, kind: str) -> dict[str, object]:
@@ -120,7 +128,7 @@ async def test_disallowed_algorithms(http: httpx.AsyncClient, alg: str) -> None:
         ACCOUNT_PAYLOAD,
     )
     doc = _problem(await post_raw(http, "/acme/new-account", body), 400, "badSignatureAlgorithm")
-    assert "ES256" in doc["algorithms"]  # type: ignore[operator]
+    assert doc["algorithms"] == DEFAULT_ALGORITHMS
 
 
 async def test_alg_not_matching_key_is_refused(http: httpx.AsyncClient) -> None:
@@ -131,6 +139,65 @@ async def test_alg_not_matching_key_is_refused(http: httpx.AsyncClient) -> None:
         ACCOUNT_PAYLOAD,
     )
     _problem(await post_raw(http, "/acme/new-account", body), 400, "badSignatureAlgorithm")
+
+
+def _key(kind: str) -> PrivateKey:
+    return ec.generate_private_key(ec.SECP521R1()) if kind == "p521" else generate_key(kind)
+
+
+async def _new_account(http: httpx.AsyncClient, key: PrivateKey) -> httpx.Response:
+    header = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT}
+    return await post_raw(http, "/acme/new-account", raw_jws(key, header, ACCOUNT_PAYLOAD))
+
+
+@pytest.mark.parametrize("kind", ["p521", "ed25519"])
+async def test_algorithm_of_a_key_the_policy_refuses_is_bad_signature_algorithm(
+    http: httpx.AsyncClient, kind: str
+) -> None:
+    # ES512 and EdDSA verify (protocol/jws.py), but no account could have such a key:
+    # refused as an algorithm, with the list a client can follow, not as badPublicKey.
+    doc = _problem(await _new_account(http, _key(kind)), 400, "badSignatureAlgorithm")
+    assert doc["algorithms"] == DEFAULT_ALGORITHMS
+
+
+async def test_every_listed_algorithm_gets_an_account(http: httpx.AsyncClient) -> None:
+    refused = _problem(await _new_account(http, _key("p521")), 400, "badSignatureAlgorithm")
+    kinds = {"RS256": "rsa2048", "ES256": "p256", "ES384": "p384"}
+    for alg in refused["algorithms"]:  # type: ignore[attr-defined]
+        resp = await _new_account(http, _key(kinds[alg]))
+        assert resp.status_code == 201, resp.text
+
+
+def _gate(service: AcmeService, policy: KeyPolicy) -> Gate:
+    fe = service.front_end
+    return Gate(
+        storage=service.storage, nonces=fe.nonces, urls=fe.urls, algorithms=policy.jws_algorithms
+    )
+
+
+async def test_gate_accepts_the_algorithms_of_a_wider_key_policy(
+    service: AcmeService, http: httpx.AsyncClient
+) -> None:
+    gate = _gate(service, KeyPolicy(allow_p521=True, allow_ed25519=True))
+    for key in (_key("p521"), _key("ed25519")):
+        header = {"jwk": jwk_of(key), "nonce": await fresh_nonce(http), "url": NEW_ACCOUNT}
+        request = Request(
+            method="POST",
+            path="/acme/new-account",
+            query_string=b"",
+            headers=Headers([(b"content-type", b"application/jose+json")]),
+            body=json.dumps(raw_jws(key, header, ACCOUNT_PAYLOAD)).encode(),
+            client=None,
+        )
+        verified = await gate.verify(request, allow_jwk=True, allow_kid=False)
+        assert verified.jws.header.alg == jws_alg(key)
+
+
+async def test_gate_refuses_algorithms_it_cannot_verify(service: AcmeService) -> None:
+    fe = service.front_end
+    for algorithms in [("ES256", "HS256"), ()]:
+        with pytest.raises(ValueError, match="JWS algorithms"):
+            Gate(storage=service.storage, nonces=fe.nonces, urls=fe.urls, algorithms=algorithms)
 
 
 async def test_jwk_and_kid_together_are_refused(http: httpx.AsyncClient) -> None:

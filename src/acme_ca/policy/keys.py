@@ -31,6 +31,20 @@ class KeyPolicy:
     blocked_spki_sha256: frozenset[str] = frozenset()
     fermat_rounds: int = 100
 
+    @property
+    def jws_algorithms(self) -> tuple[str, ...]:
+        """The JWS `alg` values of the account keys this policy can accept (RFC 8555
+        §6.2: what `badSignatureAlgorithm` lists), in `protocol.jws` order: RS256 (RSA
+        keys are always accepted, within the size limits), ES256 and ES384, ES512 with
+        P-521, EdDSA with Ed25519 (RFC 7518 §3.1, RFC 8037 §3.1)."""
+        return (
+            "RS256",
+            "ES256",
+            "ES384",
+            *(("ES512",) if self.allow_p521 else ()),
+            *(("EdDSA",) if self.allow_ed25519 else ()),
+        )
+
 
 _RSA_EXPONENT = 65537
 

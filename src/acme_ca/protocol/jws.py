@@ -12,6 +12,7 @@ import binascii
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,9 @@ __all__ = [
 
 JoseKey = RSAKey | ECKey | OKPKey
 
-# RFC 8555 §6.2: servers MUST NOT accept `none` or MAC algorithms.
+# RFC 8555 §6.2: servers MUST NOT accept `none` or MAC algorithms. Every algorithm
+# this module can verify; a server narrows it to what its key policy accepts
+# (`KeyPolicy.jws_algorithms`), so that `badSignatureAlgorithm` lists only those.
 ALLOWED_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "ES384", "ES512", "EdDSA")
 _EC_ALG_FOR_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -133,8 +136,12 @@ def loads_strict(data: bytes | str, *, what: str) -> Any:
         raise malformed(f"{what} is not valid JSON") from exc
 
 
-def parse_flattened(body: bytes) -> ParsedJws:
-    """Parse an ACME request body; raises `AcmeError` for every rule it breaks."""
+def parse_flattened(body: bytes, *, algorithms: Sequence[str] = ALLOWED_ALGORITHMS) -> ParsedJws:
+    """Parse an ACME request body; raises `AcmeError` for every rule it breaks.
+
+    `algorithms` are the accepted `alg` values, a subset of `ALLOWED_ALGORITHMS`;
+    any other is `badSignatureAlgorithm` listing them (RFC 8555 §6.2).
+    """
     value = loads_strict(body, what="Request body")
     if not isinstance(value, dict):
         # A compact JWS arrives as a JSON string, or not as JSON at all.
@@ -155,7 +162,7 @@ def parse_flattened(body: bytes) -> ParsedJws:
     )
     if not isinstance(header_json, dict):
         raise malformed("JWS protected header must be a JSON object")
-    header = _parse_header(header_json)
+    header = _parse_header(header_json, algorithms)
     payload = b64url_decode(payload_b64, what="JWS payload")
     signature = b64url_decode(signature_b64, what="JWS signature")
     if not signature:
@@ -183,10 +190,10 @@ def _check_flattened_members(value: dict[str, Any]) -> None:
         raise malformed(f"JWS has unexpected members: {', '.join(sorted(extra))}")
 
 
-def _parse_header(header: dict[str, Any]) -> ProtectedHeader:
+def _parse_header(header: dict[str, Any], algorithms: Sequence[str]) -> ProtectedHeader:
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-        raise bad_signature_algorithm(f"JWS algorithm {alg!r} is not supported")
+    if not isinstance(alg, str) or alg not in algorithms or alg not in ALLOWED_ALGORITHMS:
+        raise bad_signature_algorithm(f"JWS algorithm {alg!r} is not supported", algorithms)
     if "crit" in header or "b64" in header:
         # RFC 7515 §4.1.11 / RFC 7797: we understand no extensions, so refuse them.
         raise malformed("JWS 'crit' and 'b64' header parameters are not supported")
@@ -210,12 +217,14 @@ def _parse_header(header: dict[str, Any]) -> ProtectedHeader:
     return ProtectedHeader(alg=alg, nonce=nonce, url=url, jwk=jwk, kid=kid)
 
 
-def bad_signature_algorithm(detail: str) -> AcmeError:
+def bad_signature_algorithm(
+    detail: str, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> AcmeError:
     # RFC 8555 §6.2: list the algorithms we accept.
     return AcmeError(
         type=ProblemType.BAD_SIGNATURE_ALGORITHM,
-        detail=f"{detail}; accepted: {', '.join(ALLOWED_ALGORITHMS)}",
-        extra={"algorithms": list(ALLOWED_ALGORITHMS)},
+        detail=f"{detail}; accepted: {', '.join(algorithms)}",
+        extra={"algorithms": list(algorithms)},
     )
 
 
@@ -243,7 +252,7 @@ def thumbprint(key: JoseKey) -> str:
     return key.thumbprint()
 
 
-def _check_alg_matches_key(alg: str, key: JoseKey) -> None:
+def _check_alg_matches_key(alg: str, key: JoseKey, algorithms: Sequence[str]) -> None:
     if isinstance(key, RSAKey):
         ok = alg == "RS256"
     elif isinstance(key, ECKey):
@@ -251,7 +260,7 @@ def _check_alg_matches_key(alg: str, key: JoseKey) -> None:
     else:
         ok = alg == "EdDSA" and key.curve_name == "Ed25519"
     if not ok:
-        raise bad_signature_algorithm(f"JWS algorithm {alg} does not match the key")
+        raise bad_signature_algorithm(f"JWS algorithm {alg} does not match the key", algorithms)
 
 
 _HASH_FOR_ALG: dict[str, hashes.HashAlgorithm] = {
@@ -263,15 +272,22 @@ _HASH_FOR_ALG: dict[str, hashes.HashAlgorithm] = {
 _EC_SIZE_FOR_ALG = {"ES256": 32, "ES384": 48, "ES512": 66}
 
 
-def verify_signature(jws: ParsedJws, key: JoseKey) -> None:
-    """Raise `malformed` unless the JWS is signed by `key` with its header's `alg`.
+def verify_signature(
+    jws: ParsedJws, key: JoseKey, *, algorithms: Sequence[str] = ALLOWED_ALGORITHMS
+) -> None:
+    """Raise `malformed` unless the JWS is signed by `key` with its header's `alg`;
+    `badSignatureAlgorithm` (listing `algorithms`) for an `alg` that is not among
+    `algorithms` or does not match the key.
 
     The signature is checked with `cryptography` directly (RFC 7518 §3.3, §3.4,
     RFC 8037 §3.1): joserfc's algorithm registry adds a warnings context and a key
     wrapper per call, a third of the cost of the verification itself.
     """
     alg = jws.header.alg
-    _check_alg_matches_key(alg, key)
+    if alg not in algorithms:
+        # Parsed with a wider list than this verification accepts.
+        raise bad_signature_algorithm(f"JWS algorithm {alg!r} is not supported", algorithms)
+    _check_alg_matches_key(alg, key, algorithms)
     signing_input = f"{jws.protected_b64}.{jws.payload_b64}".encode("ascii")
     public = key.public_key
     signature = jws.signature

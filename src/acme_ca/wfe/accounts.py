@@ -187,7 +187,8 @@ async def key_change(fe: FrontEnd, request: Request) -> Response:
     # A compromised key can be rolled over before the terms are agreed to.
     verified = await fe.gate.verify(request, allow_jwk=False, allow_kid=True, terms_exempt=True)
     acct = verified.require_account()
-    inner = parse_flattened(verified.jws.payload)
+    # The new key is an account key: the same algorithms as the outer JWS.
+    inner = parse_flattened(verified.jws.payload, algorithms=fe.gate.algorithms)
     if inner.header.jwk is None:
         raise malformed("The inner JWS of a key change must carry a 'jwk'")
     if inner.header.url != verified.jws.header.url:
@@ -195,7 +196,7 @@ async def key_change(fe: FrontEnd, request: Request) -> Response:
     if inner.header.nonce is not None:
         raise malformed("The inner JWS of a key change must not carry a 'nonce'")
     new_key = import_public_jwk(inner.header.jwk)
-    verify_signature(inner, new_key)
+    verify_signature(inner, new_key, algorithms=fe.gate.algorithms)
     payload = loads_strict(inner.payload, what="keyChange payload")
     if not isinstance(payload, dict):
         raise malformed("The keyChange payload must be a JSON object")

@@ -7,12 +7,14 @@ replayed one costs one signature check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
 from acme_ca.model import Account, AccountStatus
 from acme_ca.nonces import NonceService
 from acme_ca.protocol.jws import (
+    ALLOWED_ALGORITHMS,
     JoseKey,
     ParsedJws,
     import_public_jwk,
@@ -79,7 +81,15 @@ class Gate:
         max_body_bytes: int = 64 * 1024,
         key_cache_size: int = 4096,
         terms: RequiredTerms | None = None,
+        algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
     ) -> None:
+        """`algorithms`: the JWS `alg` values accepted, those of the account keys the key
+        policy accepts (`KeyPolicy.jws_algorithms`), so that a client following the
+        `badSignatureAlgorithm` list (RFC 8555 §6.2) is not then refused `badPublicKey`."""
+        unknown = set(algorithms) - set(ALLOWED_ALGORITHMS)
+        if unknown or not algorithms:
+            raise ValueError(f"JWS algorithms must be some of {ALLOWED_ALGORITHMS}: {algorithms}")
+        self._algorithms = tuple(algorithms)
         self._storage = storage
         self._terms = terms
         self._nonces = nonces
@@ -94,6 +104,11 @@ class Gate:
         # saves a read (a PostgreSQL round trip) per request.
         self._keep_accounts = storage.checks_accounts_at_redemption
         self._accounts: dict[str, Account] = {}
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The JWS `alg` values accepted, as `badSignatureAlgorithm` lists them."""
+        return self._algorithms
 
     @property
     def max_body_bytes(self) -> int:
@@ -162,7 +177,7 @@ class Gate:
         of the account than its ID, status and key). A `kid` request of an account that
         has not agreed to the required terms is refused unless `terms_exempt`."""
         body = self.read_body(request)
-        jws = parse_flattened(body)
+        jws = parse_flattened(body, algorithms=self._algorithms)
         require_url(jws, self.request_url(request))
         header = jws.header
         account: Account | None = None
@@ -183,14 +198,16 @@ class Gate:
                 # deactivation holds at once everywhere). Otherwise the account is read
                 # again and the request checked as if nothing had been kept: it may be
                 # signed with a key that changed through another process.
-                if _signed_by(jws, key) and await self._nonces.redeem(header.nonce, account=kept):
+                if _signed_by(jws, key, self._algorithms) and await self._nonces.redeem(
+                    header.nonce, account=kept
+                ):
                     return VerifiedRequest(jws=jws, key=key, account=kept)
                 self._accounts.pop(kept.id, None)
             account = await self._account_for_kid(header.kid)
             key = self._account_key(account)
             if self._keep_accounts:
                 self._remember(account)
-        verify_signature(jws, key)
+        verify_signature(jws, key, algorithms=self._algorithms)
         await self._nonces.redeem(header.nonce)
         # After signature and nonce: only the account's holder learns of it, and the
         # refused request cannot be replayed.
@@ -215,9 +232,9 @@ class Gate:
         self._accounts[account.id] = account
 
 
-def _signed_by(jws: ParsedJws, key: JoseKey) -> bool:
+def _signed_by(jws: ParsedJws, key: JoseKey, algorithms: Sequence[str]) -> bool:
     try:
-        verify_signature(jws, key)
+        verify_signature(jws, key, algorithms=algorithms)
     except AcmeError:
         return False
     return True
