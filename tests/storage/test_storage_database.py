@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from acme_ca.storage.database import Database, IntegrityError, Sql
+from acme_ca.storage.database import ConnectionLost, Database, IntegrityError, Sql
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,7 +100,7 @@ async def test_postgres_pool_recovers_when_the_server_drops_its_connections(
         assert await db.write_one("SELECT 1") in (-1, 1)
         # A statement whose connection breaks under it is not retried (it may have
         # committed) ...
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(ConnectionLost):
             await db.write_one("SELECT pg_terminate_backend(pg_backend_pid())")
         # ... but the dead connection is gone, and the next one works.
         assert await db.write_one("SELECT 1") in (-1, 1)
@@ -252,3 +252,35 @@ async def test_postgres_a_transaction_is_retried_only_before_it_may_have_committ
         await pg_db.write(dies_with_commit)
     assert calls == ["with"]  # not retried: it might have committed
     assert await pg_db.read(_keys, p) == [f"{p}b"]  # it did not, here: killed first
+
+
+async def test_placeholders_are_numbered_for_asyncpg() -> None:
+    from acme_ca.storage.database import _dollar_text, _rowcount
+
+    assert _dollar_text("SELECT a FROM t WHERE k = ? AND v IN (?, ?)") == (
+        "SELECT a FROM t WHERE k = $1 AND v IN ($2, $3)"
+    )
+    assert _dollar_text("SELECT 1") == "SELECT 1"
+    assert [_rowcount(s) for s in ("INSERT 0 1", "UPDATE 3", "SELECT 0", "BEGIN")] == [1, 3, 0, -1]
+
+
+@pytest.mark.postgres
+async def test_postgres_single_statement_conflict_keeps_its_connection(pg_db: Database) -> None:
+    # A unique violation on the asyncpg path is an IntegrityError to the store, and the
+    # connection stays in the pool (an SQL error, not a broken connection).
+    key = uuid.uuid4().hex
+    assert await pg_db.write_one("INSERT INTO t (k, v) VALUES (?, 1)", (key,)) == 1
+    pid = await pg_db.read(_backend_pid)
+    with pytest.raises(IntegrityError):
+        await pg_db.write_one("INSERT INTO t (k, v) VALUES (?, 1)", (key,))
+    assert await pg_db.read(_backend_pid) == pid
+    rows = await pg_db.read(_keys, key)
+    assert rows == [key]
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_see_what_a_transaction_committed(pg_db: Database) -> None:
+    # Reads (asyncpg) and transactions (psycopg) use different connections.
+    key = uuid.uuid4().hex
+    assert await pg_db.write(_insert, key) == 1
+    assert await pg_db.read(_keys, key) == [key]

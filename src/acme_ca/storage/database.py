@@ -13,15 +13,18 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
   savepoint, and all of them become durable with one `synchronous=FULL` commit
   before any caller hears back. Durability is kept; the fsync is shared. Writers of
   all processes (and the SQLAlchemy writer of this one) queue on the same file lock.
-- PostgreSQL runs every unit on the event loop with psycopg's asynchronous
-  connections from a small pool (measured: 53 µs of CPU per statement, against 129 µs
-  through a thread pool); PostgreSQL shares the WAL flush of concurrent commits itself.
-  The connections stay in pipeline mode, so a round trip carries as many statements
-  as the unit can send before it needs a result: BEGIN travels with the first
-  statement, statements sent for their effect only (`Sql.send`, `Sql.many`) travel
-  with the next awaited one or with the COMMIT, and a transaction that awaits nothing
-  is one round trip, its Sync committing it (an implicit transaction, PostgreSQL
-  protocol §55.2.4 "Pipelining").
+- PostgreSQL runs every unit on the event loop, on two small pools of asynchronous
+  connections; PostgreSQL shares the WAL flush of concurrent commits itself.
+  - Reads and single statements (`read`, `write_one`) run on asyncpg: one round trip
+    each, prepared once per connection, at 18-35 µs of client CPU per statement
+    against psycopg's 60-110 µs (measured side by side, benchmarks/PERFORMANCE.md).
+  - Transactions (`write`) run on psycopg connections kept in pipeline mode, so a
+    round trip carries as many statements as the unit can send before it needs a
+    result: BEGIN travels with the first statement, statements sent for their effect
+    only (`Sql.send`, `Sql.many`) travel with the next awaited one or with the
+    COMMIT, and a transaction that awaits nothing is one round trip, its Sync
+    committing it (an implicit transaction, PostgreSQL protocol §55.2.4
+    "Pipelining"). asyncpg would need a round trip for BEGIN and one for COMMIT.
 """
 
 from __future__ import annotations
@@ -36,19 +39,31 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import asyncpg
 import psycopg
 from psycopg.rows import dict_row
 
 from acme_ca.storage.nonce_log import SqliteNonceLog
 from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, connect_sqlite, lock_with_deadline
 
-__all__ = ["Database", "IntegrityError", "Row", "Sql"]
+__all__ = ["ConnectionLost", "Database", "IntegrityError", "Row", "Sql"]
 
 T = TypeVar("T")
 Row = Any
-"""A row read by name (`row["id"]`): `sqlite3.Row` or psycopg's dict row."""
+"""A row read by name (`row["id"]`): `sqlite3.Row`, psycopg's dict row or asyncpg's Record."""
 
-IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+IntegrityError: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    psycopg.IntegrityError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+ConnectionLost: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+"""What a PostgreSQL unit raises when its connection broke under it."""
 
 _MAX_BATCH = 256
 
@@ -219,6 +234,69 @@ async def _drain(conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipe
         except psycopg.Error:
             if conn.broken:
                 return
+
+
+class _ApgSql(Sql):
+    """A read or a single statement on an asyncpg connection (PostgreSQL): each
+    statement is its own implicit transaction and its own round trip."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__(conn, postgres=True)
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = await self._conn.fetchrow(_dollar_text(sql), *params)
+        self.done += 1
+        return row
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows: list[Row] = await self._conn.fetch(_dollar_text(sql), *params)
+        self.done += 1
+        return rows
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.committing = True  # from its first byte it may commit
+        status: str = await self._conn.execute(_dollar_text(sql), *params)
+        self.done += 1
+        return _rowcount(status)
+
+    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.run(sql, params)
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError("several rows are written in a transaction (Database.write)")
+
+    async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        return [await self.run(text, params) for text, params in statements]
+
+    async def commit(self) -> None:
+        return None
+
+    async def rollback(self) -> None:
+        return None
+
+
+def _rowcount(status: str) -> int:
+    # The command tag: "INSERT 0 1", "UPDATE 3", "SELECT 1"; others count as unknown.
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else -1
+
+
+_DOLLAR_TEXT: dict[str, str] = {}
+
+
+def _dollar_text(sql: str) -> str:
+    """`?` placeholders numbered for asyncpg (`$1`, `$2`, ...)."""
+    text = _DOLLAR_TEXT.get(sql)
+    if text is None:
+        # The store's SQL has no literal '?' or '$': placeholders are the only ones.
+        assert "$" not in sql
+        pieces = sql.split("?")
+        text = pieces[0] + "".join(f"${i}{piece}" for i, piece in enumerate(pieces[1:], 1))
+        if len(_DOLLAR_TEXT) < 4096:  # IN lists of varying length make new texts
+            _DOLLAR_TEXT[sql] = text
+    return text
 
 
 Unit = Callable[..., Coroutine[Any, Any, T]]
@@ -453,6 +531,8 @@ class Database:
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._pool_size = pool_size
         self._slots: asyncio.Semaphore | None = None
+        self._apg_idle: list[asyncpg.Connection] = []
+        self._apg_slots: asyncio.Semaphore | None = None
         self.nonce_log: SqliteNonceLog | None = None
         self._checkpointer: _Checkpointer | None = None
         if sqlite_path is not None:
@@ -477,15 +557,70 @@ class Database:
     # ---- PostgreSQL --------------------------------------------------------------
 
     def _pool_slots(self) -> asyncio.Semaphore:
+        self._bind_loop()
+        assert self._slots is not None
+        return self._slots
+
+    def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self._pool_loop is not loop or self._slots is None:
             # Connections belong to the loop that opened them.
             for conn, _ in self._idle:
                 conn.pgconn.finish()
             self._idle.clear()
+            for apg in self._apg_idle:
+                apg.terminate()
+            self._apg_idle.clear()
             self._pool_loop = loop
             self._slots = asyncio.Semaphore(self._pool_size)
-        return self._slots
+            self._apg_slots = asyncio.Semaphore(self._pool_size)
+
+    async def _apg_checkout(self) -> tuple[asyncpg.Connection, bool]:
+        """An asyncpg connection, and whether it comes from the pool."""
+        while self._apg_idle:
+            conn = self._apg_idle.pop()
+            if not conn.is_closed() and not _apg_spoke_while_idle(conn):
+                return conn, True
+            conn.terminate()  # the server said goodbye while it sat idle
+        assert self._dsn is not None
+        conn = await asyncpg.connect(
+            self._dsn, statement_cache_size=_STATEMENT_CACHE, timeout=_CONNECT_TIMEOUT
+        )
+        return conn, False
+
+    async def _on_apg(self, fn: Unit[T], args: tuple[Any, ...], *, retry_safe: bool) -> T:
+        """A read or a single statement on an asyncpg connection (see the module docstring)."""
+        self._bind_loop()
+        assert self._apg_slots is not None
+        async with self._apg_slots:
+            while True:
+                conn, pooled = await self._apg_checkout()
+                sql = _ApgSql(conn)
+                try:
+                    result = await fn(sql, *args)
+                except BaseException as exc:
+                    sql_error = isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                        exc, asyncpg.PostgresConnectionError
+                    )
+                    if sql_error and not conn.is_closed():
+                        self._apg_idle.append(conn)  # an SQL error leaves it usable
+                        raise
+                    conn.terminate()
+                    if not isinstance(exc, (*ConnectionLost, asyncpg.PostgresError)):
+                        raise  # cancelled, or not the server's doing
+                    # The server went away (restart, failover, terminated backend): the
+                    # other idle connections are as dead as this one.
+                    self._drop_apg_idle()
+                    if pooled and sql.done == 0 and (retry_safe or not sql.committing):
+                        continue  # nothing ran and nothing committed: once more, new connection
+                    raise
+                self._apg_idle.append(conn)
+                return result
+
+    def _drop_apg_idle(self) -> None:
+        idle, self._apg_idle = self._apg_idle, []
+        for conn in idle:
+            conn.terminate()
 
     async def _checkout(self) -> tuple[_PgConn, bool]:
         """A connection in pipeline mode, and whether it comes from the pool."""
@@ -568,7 +703,7 @@ class Database:
     async def read(self, fn: Unit[T], *args: Any) -> T:
         """`fn(sql, *args)` on a connection, each statement on its own snapshot."""
         if self.postgres:
-            return await self._on_pool(fn, args, transaction=False, retry_safe=True)
+            return await self._on_apg(fn, args, retry_safe=True)
         return await fn(Sql(self._sqlite_reader(), postgres=False), *args)
 
     async def write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -578,7 +713,7 @@ class Database:
             self._start_checkpoints()
             return await self._writer.submit(_run_one, (sql, params), durable=True)
         # Not retried: a statement whose connection broke may have committed.
-        return await self._on_pool(_run_one, (sql, params), transaction=False, retry_safe=False)
+        return await self._on_apg(_run_one, (sql, params), retry_safe=False)
 
     async def write(self, fn: Unit[T], *args: Any, durable: bool = True) -> T:
         """`fn(sql, *args)` in a transaction, all or nothing; durable when this returns.
@@ -605,11 +740,34 @@ class Database:
         if self.nonce_log is not None:
             self.nonce_log.close()
         await self._drop_idle()
+        idle, self._apg_idle = self._apg_idle, []
+        for conn in idle:
+            await conn.close()
 
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _PIPELINE_ON = psycopg.pq.PipelineStatus.ON
 _PgConn = tuple[psycopg.AsyncConnection[Any], psycopg.AsyncPipeline]
+
+
+_CONNECT_TIMEOUT = 10.0
+"""Seconds for an asyncpg connection to open (a refused one fails at once)."""
+_STATEMENT_CACHE = 512
+"""Prepared statements kept per asyncpg connection: the store's texts, IN lists included."""
+
+
+def _apg_spoke_while_idle(conn: asyncpg.Connection) -> bool:
+    """As `_spoke_while_idle`: asyncpg reads what arrives only when the loop runs, and a
+    pool checkout may come before that (a terminated backend's FATAL is on the socket)."""
+    transport = getattr(conn, "_transport", None)  # asyncpg keeps its transport here
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _spoke_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
