@@ -61,6 +61,16 @@ async def test_unknown_path_is_404_problem(http: httpx.AsyncClient) -> None:
     assert resp.json()["status"] == 404
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "1" * 5000, "-1", "1.0"])
+async def test_non_ascii_or_huge_chain_index_is_404_not_500(
+    http: httpx.AsyncClient, index: str
+) -> None:
+    # "²".isdigit() is true but int() refuses it; a 5000-digit int() refuses too.
+    resp = await http.get(f"/acme/cert/abc/{index}")
+    assert resp.status_code == 404
+    assert resp.json()["type"] == ERR + "malformed"
+
+
 async def test_full_issuance_with_http01(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer
 ) -> None:

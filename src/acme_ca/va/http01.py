@@ -17,6 +17,7 @@ against a loopback server (~15% of the server's CPU under load); this costs
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import re
@@ -66,10 +67,7 @@ class _Target:
 
     @property
     def ip(self) -> IPAddress | None:
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
+        return _ip_or_none(self.host)
 
     @property
     def authority(self) -> str:
@@ -80,6 +78,16 @@ class _Target:
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.authority}{self.path}"
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_or_none(host: str) -> IPAddress | None:
+    # Asked several times per hop (URL, Host header, SNI, the guard); a hostname takes
+    # the ValueError path of `ip_address`, the slow one.
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _initial_target(identifier: Identifier, token: str) -> _Target:
@@ -271,7 +279,8 @@ class _GetProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None and self._status == 200 and not self._delimited:
             self._finish(_Response(status=200, location=None, body=bytes(self._body)))
-        self._finish(self._broken())
+        if not self._done.done():  # the usual end of a good answer: nothing to build
+            self._finish(self._broken())
 
     # httptools callbacks
 

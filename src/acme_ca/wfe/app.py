@@ -110,30 +110,46 @@ class RouteSpec:
     """HEAD is answered wherever GET is (RFC 9110 §9.3.2)."""
     endpoint: Callable[[Request], Awaitable[Response]]
     segments: tuple[str, ...]
+    literals: tuple[tuple[int, str], ...]
+    """(position, text) of the fixed segments."""
+    params: tuple[tuple[int, str, bool], ...]
+    """(position, name, is_int) of the `{name}` / `{name:int}` segments."""
 
 
 def _route(
     path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]
 ) -> RouteSpec:
     allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+    segments = tuple(path[1:].split("/"))
+    literals: list[tuple[int, str]] = []
+    params: list[tuple[int, str, bool]] = []
+    for i, pattern in enumerate(segments):
+        if pattern.startswith("{"):
+            name, _, kind = pattern[1:-1].partition(":")
+            params.append((i, name, kind == "int"))
+        else:
+            literals.append((i, pattern))
     return RouteSpec(
         path=path,
         methods=frozenset(allowed),
         endpoint=endpoint,
-        segments=tuple(path[1:].split("/")),
+        segments=segments,
+        literals=tuple(literals),
+        params=tuple(params),
     )
 
 
 def _match(route: RouteSpec, parts: list[str]) -> dict[str, Any] | None:
-    params: dict[str, Any] = {}
-    for pattern, part in zip(route.segments, parts, strict=True):
-        if pattern.startswith("{"):
-            name, _, kind = pattern[1:-1].partition(":")
-            if not part or (kind == "int" and not part.isdigit()):
-                return None
-            params[name] = int(part) if kind == "int" else part
-        elif pattern != part:
+    for i, text in route.literals:
+        if parts[i] != text:
             return None
+    params: dict[str, Any] = {}
+    for i, name, is_int in route.params:
+        part = parts[i]
+        # ASCII digits only ("²".isdigit() is true, int() refuses it), and short.
+        if not part or (is_int and not (part.isascii() and part.isdigit() and len(part) < 10)):
+            return None
+        params[name] = int(part) if is_int else part
     return params
 
 
