@@ -110,6 +110,25 @@ def test_loads_strict_accepts_plain_json() -> None:
 
 @pytest.mark.parametrize(
     "data",
+    [b'{"a": "x\\u0000"}', b'{"a": ["\\ud800"]}', b'{"\\udfff": 1}', b'[{"b": "\\udc00x"}]'],
+    ids=["nul", "lone-high-in-list", "lone-low-key", "nested"],
+)
+def test_nul_and_lone_surrogates_are_refused(data: bytes) -> None:
+    # RFC 7493 §2.1; PostgreSQL text cannot hold NUL, no driver encodes a lone surrogate.
+    with pytest.raises(AcmeError) as info:
+        loads_strict(data, what="x")
+    assert info.value.type == ProblemType.MALFORMED
+    assert "surrogate" in info.value.detail
+
+
+def test_escaped_surrogate_pairs_and_other_escapes_are_text() -> None:
+    assert loads_strict(b'{"a": "\\ud83d\\ude00 \\u00e9\\n"}', what="x") == {
+        "a": "\U0001f600 \u00e9\n"
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
     [
         b'{"a": 1, "a": 2}',
         b'{"outer": {"b": 1, "b": 1}}',

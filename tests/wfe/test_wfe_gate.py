@@ -314,6 +314,30 @@ async def test_unknown_kid_is_account_does_not_exist(http: httpx.AsyncClient) ->
     )
 
 
+@pytest.mark.parametrize("account_id", ["\u0000", "\udcff", "a b", "\u00e9"])
+async def test_odd_kid_is_a_problem_not_an_internal_error(
+    http: httpx.AsyncClient, account_id: str
+) -> None:
+    # NUL and lone surrogates are malformed JSON text; other odd IDs are no account.
+    key = generate_key("p256")
+    header = {
+        "kid": f"{BASE}/acme/acct/{account_id}",
+        "nonce": await fresh_nonce(http),
+        "url": NEW_ORDER,
+    }
+    payload = json.dumps({"identifiers": [{"type": "dns", "value": "a.example.test"}]}).encode()
+    resp = await post_raw(http, "/acme/new-order", raw_jws(key, header, payload))
+    assert resp.status_code == 400
+    assert resp.json()["type"] in (ERR + "malformed", ERR + "accountDoesNotExist")
+
+
+@pytest.mark.parametrize("path", ["/acme/order/%00", "/acme/authz/a%20b", "/acme/cert/%C3%A9"])
+async def test_odd_path_ids_are_404(http: httpx.AsyncClient, path: str) -> None:
+    resp = await http.post(path, content=b"{}", headers={"content-type": "application/jose+json"})
+    assert resp.status_code == 404
+    assert resp.json()["type"] == ERR + "malformed"
+
+
 async def test_kid_signed_by_wrong_key_is_refused(
     http: httpx.AsyncClient, make_client: ClientFactory
 ) -> None:

@@ -128,12 +128,30 @@ def loads_strict(data: bytes | str, *, what: str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         # One decoder for every call: `json.loads` with hooks builds a new one each time.
-        return _STRICT_DECODER.decode(text)
+        value = _STRICT_DECODER.decode(text)
     except AcmeError:
         raise
     except (ValueError, RecursionError) as exc:
         # ValueError covers UnicodeDecodeError and over-long integers (int_max_str_digits).
         raise malformed(f"{what} is not valid JSON") from exc
+    # RFC 7493 §2.1 (I-JSON): no lone surrogates; and no NUL, which no ACME member
+    # needs and PostgreSQL text cannot hold. Only a \u escape can make either.
+    if "\\u" in text and _has_unstorable_text(value):
+        raise malformed(f"{what} holds a NUL character or an unpaired surrogate")
+    return value
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _has_unstorable_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_unstorable_text(k) or _has_unstorable_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unstorable_text(v) for v in value)
+    return False
 
 
 def parse_flattened(body: bytes, *, algorithms: Sequence[str] = ALLOWED_ALGORITHMS) -> ParsedJws:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
@@ -137,6 +138,10 @@ async def account(fe: FrontEnd, request: Request) -> Response:
     )
 
 
+_CURSOR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""An order ID as the cursor carries it (base64url); nothing else reaches the database."""
+
+
 def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
     if not raw:
         return None
@@ -152,7 +157,7 @@ def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
         or type(value[0]) is not int
         or not 0 <= value[0] < 2**63
         or not isinstance(value[1], str)
-        or len(value[1]) > 64
+        or not _CURSOR_ID.fullmatch(value[1])
     ):
         raise malformed("Invalid orders cursor")
     return value[0], value[1]

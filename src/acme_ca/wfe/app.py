@@ -13,6 +13,7 @@ processes call it from their own HTTP/1.1 protocol (`wfe/http_server.py`), and
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -149,8 +150,14 @@ def _match(route: RouteSpec, parts: list[str]) -> dict[str, Any] | None:
         # ASCII digits only ("²".isdigit() is true, int() refuses it), and short.
         if not part or (is_int and not (part.isascii() and part.isdigit() and len(part) < 10)):
             return None
+        if not is_int and not _PARAM.fullmatch(part):
+            return None  # no ID looks like this: NUL, spaces, non-ASCII (404, not a 500)
         params[name] = int(part) if is_int else part
     return params
+
+
+# IDs are base64url; a renewal-info ID is two of them joined by "." (RFC 9773 §4.1).
+_PARAM = re.compile(r"[A-Za-z0-9_.=-]{1,256}")
 
 
 class AcmeApp:
