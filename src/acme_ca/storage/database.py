@@ -16,8 +16,8 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 - PostgreSQL runs every unit on the event loop, on two small pools of asynchronous
   connections; PostgreSQL shares the WAL flush of concurrent commits itself.
   - Reads and single statements (`read`, `write_one`) run on asyncpg: one round trip
-    each, prepared once per connection, at 18-35 µs of client CPU per statement
-    against psycopg's 60-110 µs (measured side by side, benchmarks/PERFORMANCE.md).
+    each, prepared once per connection, at 18-41 µs of client CPU per statement
+    against psycopg's 60-113 µs (`benchmarks/pg_drivers.py`, docs/PERFORMANCE.md).
   - Transactions (`write`) run on psycopg connections kept in pipeline mode, so a
     round trip carries as many statements as the unit can send before it needs a
     result: BEGIN travels with the first statement, statements sent for their effect
