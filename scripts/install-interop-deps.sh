@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego, dehydrated and Caddy (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated, acme-tiny and Caddy (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -55,6 +55,12 @@ if ! command -v dehydrated >/dev/null 2>&1; then
     apt_install dehydrated
 fi
 
+# acme-tiny, the minimal Python client that takes a CN-only CSR
+# (tests/interop/test_interop_acme_tiny.py).
+if ! command -v acme-tiny >/dev/null 2>&1; then
+    apt_install acme-tiny
+fi
+
 # Caddy, whose ACME client is CertMagic/acmez (tests/interop/test_interop_caddy.py). The
 # tests run their own instance by PID; the package's service is not started.
 if ! command -v caddy >/dev/null 2>&1; then
@@ -95,6 +101,7 @@ fi
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
 echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
+echo "acme-tiny: $(dpkg-query -W -f='${Version}' acme-tiny 2>/dev/null || echo unknown)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"

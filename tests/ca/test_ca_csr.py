@@ -197,17 +197,22 @@ def test_ip_sans_match_ip_identifiers() -> None:
     assert "dns:192.0.2.1" in refused(der, dns("192.0.2.1") + ip("2001:db8::1"))
 
 
-def test_common_name_counts_and_must_be_a_san() -> None:
+def test_common_name_counts_as_one_more_name() -> None:
     check(make_csr(san_dns("a.example"), cn="A.example"), dns("a.example"))
+    # A CN outside the SANs is a name too (Boulder's NamesFromCSR): in the order, fine;
     der = make_csr(san_dns("a.example"), cn="b.example")
-    assert refused(der, dns("a.example", "b.example")) == (
-        "CSR common name 'b.example' is not among its subjectAltNames"
-    )
+    check(der, dns("a.example", "b.example"))
+    # not in the order, a name the order does not have.
+    assert "has names not in the order dns:b.example" in refused(der, dns("a.example"))
 
 
-def test_common_name_only_is_refused() -> None:
+def test_common_name_only_asks_for_that_name() -> None:
+    # `openssl req -subj /CN=a.example`, as acme-tiny's README makes the CSR.
     der = make_csr(None, cn="a.example")
-    assert "not among its subjectAltNames" in refused(der, dns("a.example"))
+    check(der, dns("a.example"))
+    assert "missing the order's identifiers dns:b.example" in refused(
+        der, dns("a.example", "b.example")
+    )
 
 
 def test_no_names_is_bad_csr() -> None:

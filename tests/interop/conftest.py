@@ -466,3 +466,33 @@ def assert_chains_to_root(
     verifier = PolicyBuilder().store(Store(roots)).build_server_verifier(x509.DNSName(name))
     chain = verifier.verify(leaf, list(intermediates))
     assert chain[-1] in roots
+
+
+@pytest.fixture
+def wellknown(acme_server: AcmeServer, tmp_path: Path) -> Iterator[Path]:
+    """The http-01 files' directory, served at /.well-known/acme-challenge/ on the
+    server's http-01 port (RFC 8555 §8.3) while the test runs, for clients that only
+    write the files (dehydrated, acme-tiny)."""
+    root = tmp_path / "www"
+    directory = root / ".well-known" / "acme-challenge"
+    directory.mkdir(parents=True)
+    log = tmp_path / "http01-files.log"
+    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)]
+    server = _start([*argv, str(acme_server.http01_port)], log)
+    try:
+        probe = directory / "probe"
+        probe.write_text("ok")
+        _wait_until(lambda: _served(acme_server.http01_port), server, "http-01 file server", log)
+        probe.unlink()
+        yield directory
+    finally:
+        _stop(server)
+
+
+def _served(port: int) -> bool:
+    try:
+        url = f"http://127.0.0.1:{port}/.well-known/acme-challenge/probe"
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

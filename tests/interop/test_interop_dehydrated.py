@@ -9,9 +9,6 @@ CA's root through CURL_CA_BUNDLE.
 from __future__ import annotations
 
 import shutil
-import sys
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +18,6 @@ from tests.interop.conftest import (
     Client,
     _client_env,
     _require,
-    _start,
-    _stop,
-    _wait_until,
     assert_chains_to_root,
     dns_names,
     hook_executable,
@@ -37,35 +31,6 @@ pytestmark = pytest.mark.interop
 def dehydrated_bin() -> Path:
     on_path = shutil.which("dehydrated")
     return _require("dehydrated", Path(on_path) if on_path else None)
-
-
-@pytest.fixture
-def wellknown(acme_server: AcmeServer, tmp_path: Path) -> Iterator[Path]:
-    """The http-01 files' directory, served at /.well-known/acme-challenge/ on the
-    server's http-01 port (RFC 8555 §8.3) while the test runs."""
-    root = tmp_path / "www"
-    directory = root / ".well-known" / "acme-challenge"
-    directory.mkdir(parents=True)
-    log = tmp_path / "http01-files.log"
-    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root)]
-    server = _start([*argv, str(acme_server.http01_port)], log)
-    try:
-        probe = directory / "probe"
-        probe.write_text("ok")
-        _wait_until(lambda: _served(acme_server.http01_port), server, "http-01 file server", log)
-        probe.unlink()
-        yield directory
-    finally:
-        _stop(server)
-
-
-def _served(port: int) -> bool:
-    try:
-        url = f"http://127.0.0.1:{port}/.well-known/acme-challenge/probe"
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -58,11 +58,14 @@ def check_csr(
     # RFC 8555 §11.1: the certificate key must differ from the account key.
     if spki_sha256(public_key) == account_spki_sha256:
         raise _bad_csr("CSR public key must not be the same as the account key")
-    sans = _san_names(csr)
+    names = _san_names(csr)
     cn = _common_name(csr)
-    if cn is not None and cn not in sans:
-        raise _bad_csr(f"CSR common name {cn[1]!r} is not among its subjectAltNames")
-    _check_names_match(sans, identifiers)
+    if cn is not None:
+        # The CN is one more name, as Boulder reads a CSR (`NamesFromCSR`): a CSR with
+        # only a CN (`openssl req -subj /CN=...`, as acme-tiny's README makes one) asks
+        # for that name. RFC 8555 §7.4: the CSR's names are the order's identifiers.
+        names.add(cn)
+    _check_names_match(names, identifiers)
     return csr
 
 
