@@ -75,10 +75,19 @@ async def _account(store: Storage, now: dt.datetime) -> Account:
     )
 
 
+_TWO_KINDS = (ChallengeType.HTTP_01, ChallengeType.DNS_01)
+
+
 async def _order(
-    store: Storage, account: Account, now: dt.datetime, *, names: int, status: OrderStatus
+    store: Storage,
+    account: Account,
+    now: dt.datetime,
+    *,
+    names: int,
+    status: OrderStatus,
+    kinds: Sequence[ChallengeType] = (ChallengeType.HTTP_01,),
 ) -> tuple[Order, list[Authorization]]:
-    """An order with one authz (and one http-01 challenge) per name."""
+    """An order with one authz (and one challenge of each of `kinds`) per name."""
     expires = now + dt.timedelta(days=7)
     authz_status = AuthzStatus.VALID if status == OrderStatus.READY else AuthzStatus.PENDING
     new_authzs = []
@@ -91,14 +100,15 @@ async def _order(
                 identifier=Identifier(type="dns", value=f"n{n}.{authz_id.lower()}.test"),
                 status=authz_status,
                 expires=expires,
-                challenges=(
+                challenges=tuple(
                     Challenge(
                         id=_id(),
                         authz_id=authz_id,
-                        type=ChallengeType.HTTP_01,
+                        type=kind,
                         token=secrets.token_urlsafe(32),
                         status=ChallengeStatus.PENDING,
-                    ),
+                    )
+                    for kind in kinds
                 ),
                 created_at=now,
             )
@@ -247,6 +257,40 @@ async def test_finalize_of_an_order_not_ready_fails(pair: Pair) -> None:
     order, _ = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
     assert not await pair.b.begin_finalize(order.id, csr_der=b"c", serial="1", lease_until=now)
     assert await _job_count(pair.a) == 0
+
+
+async def test_concurrent_starts_of_two_challenges_of_one_authz_have_one_winner(
+    pair: Pair,
+) -> None:
+    # RFC 8555 §7.1.6: one attempt per authorization. On PostgreSQL the two UPDATEs
+    # touch different challenge rows, so each one's NOT EXISTS saw the other's row
+    # still pending (READ COMMITTED): both started, and a client got two attempts.
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    authzs = []
+    for _ in range(ROUNDS):
+        _, (authz,) = await _order(
+            pair.a, account, now, names=1, status=OrderStatus.PENDING, kinds=_TWO_KINDS
+        )
+        authzs.append(authz)
+
+    async def race(authz: Authorization) -> list[bool]:
+        lease = now + dt.timedelta(minutes=1)
+        return list(
+            await asyncio.gather(
+                *(
+                    store.start_challenge(authz.id, challenge.id, lease_until=lease)
+                    for store, challenge in zip((pair.a, pair.b), authz.challenges, strict=True)
+                )
+            )
+        )
+
+    results = await asyncio.gather(*(race(a) for a in authzs))
+    assert all(sorted(r) == [False, True] for r in results), results
+    assert await _job_count(pair.a) == ROUNDS
+    # Not a lock that refuses every start: a lone start of a fresh authz still wins.
+    _, (fresh,) = await _order(pair.b, account, now, names=1, status=OrderStatus.PENDING)
+    assert await pair.b.start_challenge(fresh.id, fresh.challenges[0].id, lease_until=now)
 
 
 async def test_concurrent_validations_of_one_order_make_it_ready(pair: Pair) -> None:

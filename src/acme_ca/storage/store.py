@@ -117,6 +117,12 @@ def _with_job_pg(update: str, kind: str) -> str:
 
 
 _START_CHALLENGE_PG = _with_job_pg(_START_CHALLENGE, "validate")
+# PostgreSQL: the starts of two challenges of one authz update different rows, so in
+# READ COMMITTED each UPDATE's NOT EXISTS, on its own snapshot, would see the other
+# challenge still pending and both would start. Locking the authz row first, in the
+# same implicit transaction, makes the second start wait for the first to commit; its
+# UPDATE then takes a new snapshot that sees the first challenge processing.
+_LOCK_AUTHZ_PG = "SELECT id FROM authzs WHERE id = ? FOR UPDATE"
 _BEGIN_FINALIZE_PG = _with_job_pg(_BEGIN_FINALIZE, "issue")
 # The certificate's statements after the order's UPDATE hold only if that UPDATE made
 # the order valid with this (new) certificate ID: one round trip for all of them.
@@ -528,7 +534,15 @@ class Storage:
         )
         lease = codec.to_us(lease_until)
         if self._postgres:
-            return await self._db.write_one(_START_CHALLENGE_PG, (*params, lease)) == 1
+
+            async def run_pg(sql: Sql) -> bool:
+                # One round trip, no BEGIN: the lock and the start commit at the Sync.
+                _, started = await sql.finish(
+                    [(_LOCK_AUTHZ_PG, (authz_id,)), (_START_CHALLENGE_PG, (*params, lease))]
+                )
+                return started == 1
+
+            return await self._db.write(run_pg, durable=False)
 
         async def run(sql: Sql) -> bool:
             if await sql.run(_START_CHALLENGE, params) != 1:
