@@ -293,6 +293,49 @@ async def test_concurrent_starts_of_two_challenges_of_one_authz_have_one_winner(
     assert await pair.b.start_challenge(fresh.id, fresh.challenges[0].id, lease_until=now)
 
 
+async def test_concurrent_key_changes_of_one_account_have_one_winner(pair: Pair) -> None:
+    now = pair.clock.now()
+    accounts = [await _account(pair.a, now) for _ in range(ROUNDS)]
+
+    async def race(account: Account) -> list[str]:
+        return list(
+            await asyncio.gather(
+                *(
+                    store.change_account_key(
+                        account.id, {"kty": "OKP", "x": key}, key, old_thumbprint=account.thumbprint
+                    )
+                    for store, key in ((pair.a, _id()), (pair.b, _id()))
+                )
+            )
+        )
+
+    results = await asyncio.gather(*(race(a) for a in accounts))
+    assert all(sorted(r) == ["changed", "stale"] for r in results), results
+    # The guard is the old key: a change from a key the account no longer has is stale,
+    # from its current key it is made, and to a key another account holds it is not.
+    account, other = accounts[0], accounts[1]
+    stored = await pair.b.get_account(account.id)
+    assert stored is not None
+    assert stored.thumbprint != account.thumbprint
+    new = _id()
+    assert (
+        await pair.a.change_account_key(account.id, {}, new, old_thumbprint=account.thumbprint)
+        == "stale"
+    )
+    current = await pair.a.get_account(other.id)
+    assert current is not None
+    assert (
+        await pair.a.change_account_key(
+            account.id, {}, current.thumbprint, old_thumbprint=stored.thumbprint
+        )
+        == "in use"
+    )
+    assert (
+        await pair.a.change_account_key(account.id, {}, new, old_thumbprint=stored.thumbprint)
+        == "changed"
+    )
+
+
 async def test_concurrent_validations_of_one_order_make_it_ready(pair: Pair) -> None:
     made = await _processing(pair, names=2)
     now = pair.clock.now()

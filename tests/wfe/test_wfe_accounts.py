@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem
-from acme_ca.bench.jws import generate_key, jwk_of, sign_jws
+from acme_ca.bench.jws import PrivateKey, generate_key, jwk_of, sign_jws
 from acme_ca.service import AcmeService
 from acme_ca.testing import ChallengeTestServer
 from acme_ca.wfe.app import create_app
@@ -143,6 +144,39 @@ async def test_key_change(make_client: ClientFactory) -> None:
     assert (await client.change_key(generate_key("p256"))).status == 200
     assert client.thumbprint != old_thumbprint
     assert (await client.post_as_get(client.kid or "")).body["status"] == "valid"
+
+
+async def test_concurrent_key_changes_of_one_account_have_one_winner(
+    make_client: ClientFactory,
+) -> None:
+    # Each request is verified with the old key before any commits; the UPDATE was
+    # not guarded on that key, so every one answered 200 though only the last new key
+    # was the account's (and a holder of a compromised key could undo a rollover).
+    client = await make_client()
+    url = (await client.directory())["keyChange"]
+    new_keys = [generate_key("p256") for _ in range(6)]
+
+    async def change(new_key: PrivateKey) -> str:
+        inner = sign_jws(
+            new_key, {"account": client.kid, "oldKey": jwk_of(client.key)}, url=url, nonce=None
+        )
+        try:
+            return str((await client.post(url, inner)).status)
+        except AcmeProblem as problem:
+            return f"{problem.status} {problem.type}"
+
+    outcomes = await asyncio.gather(*(change(key) for key in new_keys))
+    # A loser verified before the winner committed is refused by the guarded UPDATE
+    # (403); one verified after fails the gate's signature check (400).
+    refused = {f"403 {ERR}unauthorized", f"400 {ERR}malformed"}
+    assert outcomes.count("200") == 1, outcomes
+    assert set(outcomes) - {"200"} <= refused, outcomes
+    winner = new_keys[outcomes.index("200")]
+    moved = await make_client(register=False)
+    moved.key, moved.kid = winner, client.kid
+    assert (await moved.post_as_get(client.kid or "")).body["status"] == "valid"
+    with pytest.raises(AcmeProblem):  # the losers' keys are not the account's
+        await client.post_as_get(client.kid or "")
 
 
 async def test_key_change_to_a_key_the_policy_refuses_lists_the_accepted_algorithms(

@@ -135,8 +135,20 @@ class AccountService:
         await self.check_account_key(new_public_key)
         storage = self._ctx.storage
         holder = await storage.get_account_by_thumbprint(new_thumbprint)
-        if holder is None and await storage.change_account_key(account.id, new_jwk, new_thumbprint):
-            return dataclasses.replace(account, jwk=new_jwk, thumbprint=new_thumbprint)
+        if holder is None:
+            # Guarded on the key the request was verified with: of concurrent key
+            # changes (or a key change and a deactivation) one wins, the others are
+            # refused instead of each being told its new key is the account's.
+            outcome = await storage.change_account_key(
+                account.id, new_jwk, new_thumbprint, old_thumbprint=account.thumbprint
+            )
+            if outcome == "changed":
+                return dataclasses.replace(account, jwk=new_jwk, thumbprint=new_thumbprint)
+            if outcome == "stale":
+                raise unauthorized(
+                    "The account's key or status changed while this key change was made;"
+                    " sign with its current key"
+                )
         holder = holder or await storage.get_account_by_thumbprint(new_thumbprint)
         raise AcmeError(
             type=ProblemType.CONFLICT,

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
@@ -33,7 +33,9 @@ from acme_ca.storage.database import Database, IntegrityError, Row, Sql
 from acme_ca.storage.engine import Engines
 from acme_ca.storage.nonce_log import boot_id
 
-__all__ = ["Storage", "StorageReader"]
+__all__ = ["KeyChange", "Storage", "StorageReader"]
+
+KeyChange = Literal["changed", "in use", "stale"]
 
 
 class StorageReader(Protocol):
@@ -445,20 +447,23 @@ class Storage:
         await self._db.write(run)
 
     async def change_account_key(
-        self, account_id: str, jwk: dict[str, object], thumbprint: str
-    ) -> bool:
-        """False when another account already has the new key (RFC 8555 §7.3.5)."""
-        params = (codec.dumps(jwk), thumbprint, account_id, AccountStatus.VALID)
+        self, account_id: str, jwk: dict[str, object], thumbprint: str, *, old_thumbprint: str
+    ) -> KeyChange:
+        """The account's key `old_thumbprint` → `jwk` (RFC 8555 §7.3.5): "in use" when
+        another account has the new key, "stale" when the account no longer has the old
+        key or is no longer valid (a concurrent key change or deactivation won)."""
+        params = (codec.dumps(jwk), thumbprint, account_id, AccountStatus.VALID, old_thumbprint)
         try:
             changed = await self._db.write(
                 lambda sql: sql.run(
-                    "UPDATE accounts SET jwk = ?, thumbprint = ? WHERE id = ? AND status = ?",
+                    "UPDATE accounts SET jwk = ?, thumbprint = ?"
+                    " WHERE id = ? AND status = ? AND thumbprint = ?",
                     params,
                 )
             )
         except IntegrityError:
-            return False
-        return bool(changed == 1)
+            return "in use"
+        return "changed" if changed == 1 else "stale"
 
     # ---- orders and authorizations -------------------------------------------
 
