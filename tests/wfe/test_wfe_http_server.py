@@ -190,6 +190,19 @@ async def test_connection_close_is_honoured(served: Served) -> None:
     assert [r.path for r in served.handler.seen] == ["/x"]
 
 
+async def test_pipelined_requests_before_connection_close_are_all_answered(
+    served: Served,
+) -> None:
+    # The requests queued behind the one in flight when the last one said close were
+    # each marked "close" too: the connection closed after the second answer.
+    data = _get("/slow") + _get("/a") + _get("/b") + _get("/c", "Connection: close\r\n")
+    answers = _responses(await _exchange(served.port, data))
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    assert [json.loads(a[2])["path"] for a in answers] == ["/slow", "/a", "/b", "/c"]
+    assert ["connection" in a[1] for a in answers] == [False, False, False, True]
+    assert answers[3][1]["connection"] == "close"
+
+
 async def test_http10_closes_after_the_answer(served: Served) -> None:
     raw = await _exchange(served.port, b"GET /x HTTP/1.0\r\n\r\n")
     assert _responses(raw)[0][1]["connection"] == "close"
@@ -217,6 +230,17 @@ async def test_unparsable_request_after_a_good_one_is_answered_after_it(served: 
     answers = _responses(raw)
     assert answers[0][0] == 200
     _problem(answers[1], 400)
+
+
+async def test_unparsable_request_after_several_good_ones_is_answered_after_them(
+    served: Served,
+) -> None:
+    data = _get("/slow") + _get("/a") + _get("/b") + b"\x00\x01 garbage\r\n\r\n"
+    answers = _responses(await _exchange(served.port, data))
+    assert [a[0] for a in answers[:3]] == [200, 200, 200]
+    assert ["connection" in a[1] for a in answers[:3]] == [False, False, False]
+    _problem(answers[3], 400)
+    assert answers[3][1]["connection"] == "close"
 
 
 async def test_declared_body_over_the_limit_is_refused_unread(served: Served) -> None:

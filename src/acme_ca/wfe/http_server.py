@@ -405,9 +405,9 @@ class AcmeHttpProtocol(asyncio.Protocol):
         return None
 
     def _stop_reading(self) -> None:
-        # Nothing more is parsed; queued answers still go out, then the connection closes.
-        for item in self._queue:
-            item.keep_alive = False
+        # Nothing more is parsed; queued answers still go out, then the connection
+        # closes: `_answer` makes the last of them say so (marking every queued one
+        # "close" closed the connection after the first of them, and lost the rest).
         self._reading_done = True
         self._pause_reading()
 
