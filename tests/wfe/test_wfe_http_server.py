@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -90,12 +91,20 @@ async def _serve(
     return server, Served(port=sock.getsockname()[1], handler=handler)
 
 
+@contextlib.asynccontextmanager
+async def _serving(**options: Any) -> AsyncIterator[Served]:
+    server, info = await _serve(**options)
+    try:
+        yield info
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    server, info = await _serve()
-    yield info
-    server.close()
-    await server.wait_closed()
+    async with _serving() as info:
+        yield info
 
 
 async def _exchange(port: int, data: bytes, *, wait: float = 3.0) -> bytes:
@@ -314,32 +323,23 @@ async def test_forwarded_for_is_trusted_from_an_allowed_proxy(served: Served) ->
 
 
 async def test_forwarded_for_is_ignored_from_anyone_else() -> None:
-    server, info = await _serve(forwarded_allow_ips="10.9.9.9")
-    try:
+    async with _serving(forwarded_allow_ips="10.9.9.9") as info:
         raw = await _exchange(
             info.port, _get("/x", "X-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n")
         )
         assert json.loads(_responses(raw)[0][2])["client"] == "127.0.0.1"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_idle_keep_alive_connection_is_closed() -> None:
-    server, info = await _serve(keep_alive=0.2)
-    try:
+    async with _serving(keep_alive=0.2) as info:
         raw = await _exchange(info.port, _get("/x"), wait=3.0)
         assert len(_responses(raw)) == 1  # then the server closed it, well before 3 s
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_keep_alive_deadline_moves_back_after_a_slow_request() -> None:
     # The request deadline (30 s) replaced the idle one while the request was read;
     # once answered, the idle deadline (0.2 s here) holds again.
-    server, info = await _serve(keep_alive=0.2)
-    try:
+    async with _serving(keep_alive=0.2) as info:
         reader, writer = await asyncio.open_connection("127.0.0.1", info.port)
         writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n")
         await asyncio.sleep(0.4)  # past the first idle deadline, mid-request
@@ -352,24 +352,17 @@ async def test_keep_alive_deadline_moves_back_after_a_slow_request() -> None:
                 pass
         assert loop.time() - answered < 1.5
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.3)
-    server, info = await _serve()
-    try:
+    async with _serving() as info:
         loop = asyncio.get_running_loop()
         started = loop.time()
         raw = await _exchange(info.port, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
         assert raw == b""
         assert loop.time() - started < 2.0  # dropped, not kept until the 3 s wait
         assert info.handler.seen == []
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_client_gone_mid_body_reaches_no_handler(served: Served) -> None:
