@@ -313,6 +313,25 @@ async def test_crl_unknown_shard_or_issuer_is_404(service: AcmeService, listener
     assert x509.load_der_x509_certificate(issuer.content) == _issuer(service.settings.data_dir)
 
 
+async def test_crl_shard_that_is_no_small_number_is_404(
+    service: AcmeService, listener_url: str
+) -> None:
+    # A 5000-digit shard made starlette's int convertor raise (Python's 4300-digit
+    # limit): a 500 with a traceback instead of 404.
+    from acme_ca.ca.crl import issuer_id as id_of
+
+    real = id_of(_issuer(service.settings.data_dir))
+    async with _http() as http:
+        refused = [
+            (await http.get(f"{listener_url}/crl/{real}/{shard}.crl")).status_code
+            for shard in ("9" * 5000, "1" * 20, "\u00b2", "-1", "a", "1.2", "")
+        ]
+        ok = await http.get(f"{listener_url}/crl/{real}/00.crl")
+    assert refused == [404] * 7
+    assert ok.status_code == 200
+    assert ok.headers["content-type"] == "application/pkix-crl"
+
+
 @pytest.fixture
 def no_ocsp_url(service: AcmeService) -> Iterator[str]:
     yield from _listener(service, ocsp_on=False)

@@ -32,6 +32,7 @@ OCSP_REQUEST_TYPE = "application/ocsp-request"
 OCSP_RESPONSE_TYPE = "application/ocsp-response"
 # An OCSPRequest for one certificate is about 100 bytes; a signed one well under 4 KB.
 _MAX_OCSP_REQUEST = 8 * 1024
+_MAX_SHARD_DIGITS = 6
 
 
 def _http_date(value: dt.datetime) -> str:
@@ -62,8 +63,13 @@ def create_status_app(
     async def crl(request: Request) -> Response:
         if request.path_params["issuer_id"] != crls.issuer_id:
             return PlainTextResponse("no such issuer\n", status_code=404)
+        shard = request.path_params["shard"]
+        # ASCII digits, and few: starlette's int convertor let '²' and a 5000-digit
+        # segment reach int(), which raised (a 500 instead of 404).
+        if not (shard.isascii() and shard.isdigit() and len(shard) <= _MAX_SHARD_DIGITS):
+            return PlainTextResponse("no such CRL shard\n", status_code=404)
         try:
-            signed = await crls.get(int(request.path_params["shard"]))
+            signed = await crls.get(int(shard))
         except KeyError:
             return PlainTextResponse("no such CRL shard\n", status_code=404)
         headers = _cache_headers(
@@ -129,7 +135,7 @@ def create_status_app(
         return PlainTextResponse("ok\n")
 
     routes = [
-        Route("/crl/{issuer_id}/{shard:int}.crl", crl, methods=["GET"]),
+        Route("/crl/{issuer_id}/{shard}.crl", crl, methods=["GET"]),
         Route("/issuer/{issuer_id}.der", issuer_cert, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
