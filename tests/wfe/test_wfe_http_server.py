@@ -37,6 +37,8 @@ class FakeHandler:
             raise RuntimeError("handler bug")
         if request.path == "/empty":
             return Response(status_code=204)
+        if request.path == "/big":
+            return Response(b"x" * 65536)
         if request.path == "/inject":
             return Response(b"x", headers={"Location": "a\r\nSet-Cookie: x=1"})
         doc = {
@@ -363,6 +365,89 @@ async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> 
         assert raw == b""
         assert loop.time() - started < 2.0  # dropped, not kept until the 3 s wait
         assert info.handler.seen == []
+
+
+def _small_buffer_connection(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+async def _read_all(sock: socket.socket, wait: float) -> tuple[bytes, bool]:
+    """What arrives within `wait` seconds, and whether the server reset or closed."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await loop.sock_recv(sock, 1 << 20):
+                received += chunk
+    except TimeoutError:
+        return received, False
+    except ConnectionResetError:
+        pass
+    return received, True
+
+
+async def test_client_that_reads_no_answers_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pipelined requests whose answers are never read: writing paused, the queue
+    # waited, and no deadline ran (each complete request disarms it): held forever.
+    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.5)
+    server, info = await _serve(keep_alive=60.0)
+    sock = _small_buffer_connection(info.port)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, _get("/big") * 400)  # 26 MB of answers
+        await asyncio.sleep(2.0)
+        received, ended = await _read_all(sock, wait=3.0)
+        assert ended
+        assert received.count(b"HTTP/1.1 200") < 400
+    finally:
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_client_that_reads_its_answers_slowly_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.5)
+    server, info = await _serve(keep_alive=60.0)
+    sock = _small_buffer_connection(info.port)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, _get("/big") * 40 + _get("/x", "Connection: close\r\n"))
+        received = b""
+        for _ in range(8):  # a little every 0.25 s: writing resumes each time
+            await asyncio.sleep(0.25)
+            received += (await _read_all(sock, wait=0.05))[0]
+        rest, ended = await _read_all(sock, wait=5.0)
+        assert ended
+        assert (received + rest).count(b"HTTP/1.1 200") == 41
+    finally:
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_request_half_read_behind_a_slow_answer_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The request deadline passed while /slow was answered: the timer was dropped
+    # then, and the half-read request after it held the connection forever.
+    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.02)
+    monkeypatch.setattr("acme_ca.wfe.http_server._BUSY_RECHECK", 0.1)
+    server, info = await _serve(keep_alive=60.0)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await _exchange(info.port, _get("/slow") + b"GET /x HTTP/1.1\r\nHo", wait=3.0)
+        assert [a[0] for a in _responses(raw)] == [200]
+        assert loop.time() - started < 2.0
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_client_gone_mid_body_reaches_no_handler(served: Served) -> None:

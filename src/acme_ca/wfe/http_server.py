@@ -13,7 +13,8 @@ Errors of the transport are answered as ACME problems (`malformed`) with the
 headers of every ACME answer (Replay-Nonce, Link rel="index"), then the connection
 is closed: an unparsable request (400), a body over the limit (413, refused before
 it is read when Content-Length says so), headers over 16 KiB (431). A request
-that stalls half-read is dropped after `request_timeout` seconds; an idle
+that stalls half-read is dropped after `REQUEST_TIMEOUT` seconds, and so is a
+client that stops reading its answers (writing paused that long); an idle
 keep-alive connection after uvicorn's `timeout_keep_alive`.
 """
 
@@ -46,6 +47,8 @@ REQUEST_TIMEOUT = 30.0
 """Seconds from a request's first byte to its last."""
 _MAX_QUEUED = 16
 """Pipelined requests kept before the connection stops reading."""
+_BUSY_RECHECK = 1.0
+"""Seconds after which a deadline that passed during an answer is looked at again."""
 
 
 class HttpHandler(Protocol):
@@ -171,6 +174,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._mid_request = False
         # The request being read.
         self._url = b""
@@ -195,6 +199,9 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._closing = True
         self._queue.clear()
         self._disarm()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._reading_done:
@@ -217,10 +224,18 @@ class AcmeHttpProtocol(asyncio.Protocol):
             self._refuse(refusal)
 
     def pause_writing(self) -> None:
+        # A client that sends requests but reads no answers: the queue waits on it
+        # with no deadline running, so it is dropped if it reads nothing for as long
+        # as a stalled request may take.
         self._write_paused = True
+        if self._stall_timer is None:
+            self._stall_timer = self._loop.call_later(REQUEST_TIMEOUT, self._drop_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if not self._busy:
             self._next()
 
@@ -437,6 +452,16 @@ class AcmeHttpProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _drop_stalled(self) -> None:
+        # Also after `_close`: a closing transport waits for its answers to drain.
+        self._stall_timer = None
+        if self._write_paused and self._transport is not None:
+            log.info("dropped %s: it read no answer for %s s", self._peer, REQUEST_TIMEOUT)
+            self._closing = True
+            self._queue.clear()
+            self._disarm()
+            self._transport.abort()
+
     def _check_deadline(self) -> None:
         self._timer = None
         deadline = self._deadline
@@ -444,7 +469,12 @@ class AcmeHttpProtocol(asyncio.Protocol):
             return
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
-        elif not self._busy:
+        elif self._busy:
+            # Not while an answer is being made; looked at again after it (the timer
+            # was dropped here before: a request left half-read behind a slow answer
+            # was never dropped).
+            self._timer = self._loop.call_later(_BUSY_RECHECK, self._check_deadline)
+        else:
             self._deadline = None
             self._close()
 
