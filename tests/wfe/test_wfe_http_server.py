@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from cryptography import x509
 from uvicorn.server import ServerState
 
 from acme_ca.errors import AcmeError, ProblemType
 from acme_ca.wfe.http_server import MAX_HEADER_BYTES, AcmeHttpProtocol, serialize_response
 from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import problem_response
+from tests.va.va_servers import make_cert, server_context
 
 MAX_BODY = 1024
 
@@ -68,10 +72,14 @@ class FakeApp:
 class Served:
     port: int
     handler: FakeHandler
+    state: ServerState
 
 
 async def _serve(
-    *, keep_alive: float = 5.0, forwarded_allow_ips: str = "127.0.0.1"
+    *,
+    keep_alive: float = 5.0,
+    forwarded_allow_ips: str = "127.0.0.1",
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Server, Served]:
     handler = FakeHandler()
     config = uvicorn.Config(
@@ -88,9 +96,9 @@ async def _serve(
     sock.bind(("127.0.0.1", 0))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: AcmeHttpProtocol(config, state, {}), sock=sock, start_serving=True
+        lambda: AcmeHttpProtocol(config, state, {}), sock=sock, ssl=tls, start_serving=True
     )
-    return server, Served(port=sock.getsockname()[1], handler=handler)
+    return server, Served(port=sock.getsockname()[1], handler=handler, state=state)
 
 
 @contextlib.asynccontextmanager
@@ -119,8 +127,8 @@ async def _exchange(port: int, data: bytes, *, wait: float = 3.0) -> bytes:
         async with asyncio.timeout(wait):
             while chunk := await reader.read(65536):
                 received += chunk
-    except TimeoutError:
-        pass
+    except (TimeoutError, ConnectionResetError):
+        pass  # waited long enough, or the server dropped the connection (abort)
     writer.close()
     return received
 
@@ -365,6 +373,35 @@ async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> 
         assert raw == b""
         assert loop.time() - started < 2.0  # dropped, not kept until the 3 s wait
         assert info.handler.seen == []
+
+
+async def test_stalled_tls_request_frees_its_connection_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A client that handshakes, sends half a request and then nothing (not even a TLS
+    # close_notify) is aborted at the deadline, not kept for a graceful TLS shutdown.
+    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.3)
+    tls = server_context(make_cert(tmp_path, names=[x509.DNSName("localhost")]))
+    async with _serving(tls=tls) as info:
+        client = ssl.create_default_context()
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        raw = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", info.port))
+        wrapped = await asyncio.to_thread(client.wrap_socket, raw, server_hostname="localhost")
+        try:
+            wrapped.sendall(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+            await asyncio.sleep(0.1)
+            assert len(info.state.connections) == 1
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(100):  # at most 5 s
+                if not info.state.connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert not info.state.connections
+            assert loop.time() - started < 2.0
+        finally:
+            wrapped.close()
 
 
 def _small_buffer_connection(port: int) -> socket.socket:

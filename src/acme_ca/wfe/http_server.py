@@ -474,9 +474,18 @@ class AcmeHttpProtocol(asyncio.Protocol):
             # was dropped here before: a request left half-read behind a slow answer
             # was never dropped).
             self._timer = self._loop.call_later(_BUSY_RECHECK, self._check_deadline)
+        elif self._mid_request:
+            # A request begun and stalled (slowloris): nothing is owed to it, and a
+            # graceful TLS close would keep the socket up to 30 s more waiting for a
+            # close_notify that such a client never sends.
+            self._deadline = None
+            self._closing = True
+            self._queue.clear()
+            if self._transport is not None:
+                self._transport.abort()
         else:
             self._deadline = None
-            self._close()
+            self._close()  # idle keep-alive: a graceful close, the client may be sending
 
     def _close(self) -> None:
         self._closing = True
