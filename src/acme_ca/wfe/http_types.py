@@ -45,14 +45,27 @@ class Headers(Mapping[str, str]):
             self._map = found
         return self._map
 
+    def _find(self, name: str) -> bytes | None:
+        # A request has a handful of headers and a handler asks for two or three: a
+        # scan of the raw list costs less than decoding all of them into a dict.
+        key = name.lower().encode("latin-1")
+        for raw_name, value in self._raw:
+            if raw_name == key:
+                return value
+        return None
+
     def __getitem__(self, name: str) -> str:
-        return self._mapping()[name.lower()]
+        value = self._find(name)
+        if value is None:
+            raise KeyError(name)
+        return value.decode("latin-1")
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._mapping().get(name.lower(), default)
+        value = self._find(name)
+        return default if value is None else value.decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._mapping()
+        return isinstance(name, str) and self._find(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._mapping())
