@@ -13,8 +13,10 @@ import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 
@@ -33,6 +35,8 @@ from acme_ca.model import (
 )
 from acme_ca.storage.engine import Engines, create_engines
 from acme_ca.storage.migrate import upgrade
+from acme_ca.storage.policy import PolicyStore
+from acme_ca.storage.schema import authzs as authzs_table
 from acme_ca.storage.schema import jobs, orders
 from acme_ca.storage.store import Storage
 
@@ -78,8 +82,7 @@ async def _account(store: Storage, now: dt.datetime) -> Account:
 _TWO_KINDS = (ChallengeType.HTTP_01, ChallengeType.DNS_01)
 
 
-async def _order(
-    store: Storage,
+def _plan(
     account: Account,
     now: dt.datetime,
     *,
@@ -87,7 +90,7 @@ async def _order(
     status: OrderStatus,
     kinds: Sequence[ChallengeType] = (ChallengeType.HTTP_01,),
 ) -> tuple[Order, list[Authorization]]:
-    """An order with one authz (and one challenge of each of `kinds`) per name."""
+    """An order with one new authz (and one challenge of each of `kinds`) per name."""
     expires = now + dt.timedelta(days=7)
     authz_status = AuthzStatus.VALID if status == OrderStatus.READY else AuthzStatus.PENDING
     new_authzs = []
@@ -122,7 +125,21 @@ async def _order(
         expires=expires,
         created_at=now,
     )
-    await store.create_order(order, new_authzs)
+    return order, new_authzs
+
+
+async def _order(
+    store: Storage,
+    account: Account,
+    now: dt.datetime,
+    *,
+    names: int,
+    status: OrderStatus,
+    kinds: Sequence[ChallengeType] = (ChallengeType.HTTP_01,),
+) -> tuple[Order, list[Authorization]]:
+    """`_plan`, stored."""
+    order, new_authzs = _plan(account, now, names=names, status=status, kinds=kinds)
+    assert await store.create_order(order, new_authzs) == "created"
     return order, new_authzs
 
 
@@ -214,13 +231,13 @@ async def test_concurrent_replacements_of_one_certificate_have_one_winner(pair: 
     account = await _account(pair.a, now)
     cert_ids = [f"aki.{_id()}" for _ in range(ROUNDS)]
 
-    async def race(cert_id: str) -> Sequence[bool]:
+    async def race(cert_id: str) -> Sequence[str]:
         return await asyncio.gather(
             *(s.create_order(_replacing(account, cert_id, now), []) for s in (pair.a, pair.b))
         )
 
     results = await asyncio.gather(*(race(c) for c in cert_ids))
-    assert all(sorted(r) == [False, True] for r in results), results
+    assert all(sorted(r) == ["created", "replaced"] for r in results), results
     # The loser left nothing: one order per certificate.
     async with pair.a.engines.reader.connect() as conn:
         count = select(func.count()).select_from(orders).where(orders.c.replaces.in_(cert_ids))
@@ -233,22 +250,207 @@ async def test_an_invalid_or_expired_replacing_order_frees_the_certificate(pair:
     cert_id = f"aki.{_id()}"
     first, authzs = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
     replacing = dataclasses.replace(_replacing(account, cert_id, now), authz_ids=first.authz_ids)
-    assert await pair.a.create_order(replacing, [])
-    assert not await pair.b.create_order(_replacing(account, cert_id, now), [])
+    assert await pair.a.create_order(replacing, []) == "created"
+    assert await pair.b.create_order(_replacing(account, cert_id, now), []) == "replaced"
     # Invalid (its authorization deactivated): the certificate is free again.
     assert await pair.a.deactivate_authz(authzs[0].id)
     short = _replacing(account, cert_id, now, lifetime=SECOND)
-    assert await pair.b.create_order(short, [])
-    assert not await pair.a.create_order(_replacing(account, cert_id, now), [])
+    assert await pair.b.create_order(short, []) == "created"
+    assert await pair.a.create_order(_replacing(account, cert_id, now), []) == "replaced"
     # Expired (it reads invalid, its row still says pending): free again as well.
     later = now + 2 * SECOND
     pair.clock.set(later)
-    assert await pair.a.create_order(_replacing(account, cert_id, later), [])
+    assert await pair.a.create_order(_replacing(account, cert_id, later), []) == "created"
     expired = await pair.b.get_order(short.id)
     assert expired is not None
     assert expired.status == OrderStatus.INVALID
     assert expired.error is not None
     assert expired.error.detail == "Order expired"
+
+
+async def _rows_of(store: Storage, account: Account) -> tuple[int, list[str]]:
+    """(the account's orders, the statuses of its authzs)."""
+    async with store.engines.reader.connect() as conn:
+        count = select(func.count()).select_from(orders).where(orders.c.account_id == account.id)
+        made = (await conn.execute(count)).scalar_one()
+        statuses = select(authzs_table.c.status).where(authzs_table.c.account_id == account.id)
+        return int(made), sorted((await conn.execute(statuses)).scalars())
+
+
+@asynccontextmanager
+async def _held_open(url: str, *statements: tuple[str, tuple[str, ...]]) -> AsyncIterator[None]:
+    """PostgreSQL: `statements` run in a transaction that commits when the block ends,
+    as a concurrent unit of work does between its statements and its COMMIT."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for text, params in statements:
+            await conn.execute(text.encode(), params)
+        yield
+        await conn.commit()
+
+
+def _postgres_only(url: str) -> None:
+    if not url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write at a time: the test before is its race")
+
+
+async def test_no_order_is_made_for_an_account_deactivated_since_it_was_read(
+    pair: Pair,
+) -> None:
+    """RFC 8555 §7.3.6: a newOrder verified before its account's deactivation committed
+    writes nothing after it (no order, no pending authorizations)."""
+    now = pair.clock.now()
+    accounts = [await _account(pair.a, now) for _ in range(ROUNDS)]
+    planned = [_plan(account, now, names=2, status=OrderStatus.PENDING) for account in accounts]
+    await asyncio.gather(*(pair.b.deactivate_account(account.id) for account in accounts))
+    outcomes = await asyncio.gather(*(pair.a.create_order(o, new) for o, new in planned))
+    assert outcomes == ["account deactivated"] * ROUNDS
+    for account in accounts:
+        assert await _rows_of(pair.a, account) == (0, [])
+
+
+async def test_concurrent_order_and_account_deactivation_leave_no_pending_authz(
+    pair: Pair,
+) -> None:
+    now = pair.clock.now()
+    accounts = [await _account(pair.a, now) for _ in range(ROUNDS)]
+
+    async def race(account: Account) -> str:
+        order, new = _plan(account, now, names=2, status=OrderStatus.PENDING)
+        made, _ = await asyncio.gather(
+            pair.a.create_order(order, new), pair.b.deactivate_account(account.id)
+        )
+        return made
+
+    outcomes = await asyncio.gather(*(race(a) for a in accounts))
+    assert set(outcomes) <= {"created", "account deactivated"}, outcomes
+    for account, outcome in zip(accounts, outcomes, strict=True):
+        made = 1 if outcome == "created" else 0
+        assert await _rows_of(pair.a, account) == (made, ["deactivated"] * 2 * made)
+
+
+async def test_an_order_waits_for_a_deactivation_of_its_account_in_flight(
+    pair: Pair, empty_database_url: str
+) -> None:
+    """PostgreSQL: the deactivation has run, not committed; the order's insert, once the
+    deactivation commits, must see it (READ COMMITTED alone would not)."""
+    _postgres_only(empty_database_url)
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    order, new = _plan(account, now, names=2, status=OrderStatus.PENDING)
+    async with _held_open(
+        empty_database_url,
+        ("UPDATE accounts SET status = 'deactivated' WHERE id = %s", (account.id,)),
+        ("UPDATE authzs SET status = 'deactivated' WHERE account_id = %s", (account.id,)),
+    ):
+        made = asyncio.create_task(pair.a.create_order(order, new))
+        await asyncio.sleep(0.3)
+    assert await made == "account deactivated"
+    assert await _rows_of(pair.a, account) == (0, [])
+
+
+async def test_a_preauthorization_waits_for_a_deactivation_of_its_account_in_flight(
+    pair: Pair, empty_database_url: str
+) -> None:
+    """The same for newAuthz (RFC 8555 §7.4.1), on SQLite one write after the other."""
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    policy = PolicyStore(pair.a.engines, pair.clock)
+    _, (authz,) = _plan(account, now, names=1, status=OrderStatus.PENDING)
+    if not empty_database_url.startswith("postgresql"):
+        await pair.b.deactivate_account(account.id)
+        assert not await policy.create_authz(authz)
+        assert await _rows_of(pair.a, account) == (0, [])
+        return
+    async with _held_open(
+        empty_database_url,
+        ("UPDATE accounts SET status = 'deactivated' WHERE id = %s", (account.id,)),
+        ("UPDATE authzs SET status = 'deactivated' WHERE account_id = %s", (account.id,)),
+    ):
+        made = asyncio.create_task(policy.create_authz(authz))
+        await asyncio.sleep(0.3)
+    assert not await made
+    assert await _rows_of(pair.a, account) == (0, [])
+
+
+async def _reusing(
+    pair: Pair, account: Account, reused: Authorization
+) -> tuple[Order, list[Authorization]]:
+    """An order for two names: `reused`'s and a new one."""
+    now = pair.clock.now()
+    order, new = _plan(account, now, names=1, status=OrderStatus.PENDING)
+    return (
+        dataclasses.replace(
+            order,
+            identifiers=(reused.identifier, *order.identifiers),
+            authz_ids=(reused.id, *order.authz_ids),
+        ),
+        new,
+    )
+
+
+@pytest.mark.parametrize("change", ["deactivated", "failed"])
+async def test_an_order_does_not_reuse_an_authz_that_changed_since_it_was_found(
+    pair: Pair, change: str
+) -> None:
+    """A reused authorization deactivated (or failed) after `find_reusable_authz` found
+    it: the order is not made (the RA makes it again with new authorizations)."""
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    _, (authz,) = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
+    found = await pair.a.find_reusable_authz(
+        account.id, authz.identifier, wildcard=False, valid_after=now
+    )
+    assert found is not None
+    assert found.id == authz.id
+    order, new = await _reusing(pair, account, found)
+    if change == "deactivated":
+        assert await pair.b.deactivate_authz(authz.id)
+    else:
+        assert await pair.b.start_challenge(authz.id, authz.challenges[0].id, lease_until=now)
+        await _finish(pair.b, authz, now, AcmeError(type=ProblemType.UNAUTHORIZED, detail="no"))
+    assert await pair.a.create_order(order, new) == "authz gone"
+    assert await pair.a.get_order(order.id) is None
+    assert await pair.a.get_authz(new[0].id) is None
+    assert await _rows_of(pair.a, account) == (1, [change.replace("failed", "invalid")])
+
+
+async def test_an_order_reuses_an_authz_that_became_valid_since_it_was_found(pair: Pair) -> None:
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    _, (authz,) = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
+    order, new = await _reusing(pair, account, authz)
+    assert await pair.b.start_challenge(authz.id, authz.challenges[0].id, lease_until=now)
+    await _finish(pair.b, authz, now)
+    assert await pair.a.create_order(order, new) == "created"
+    stored = await pair.a.get_order(order.id)
+    assert stored is not None
+    assert stored.status == OrderStatus.PENDING
+    assert stored.authz_ids == order.authz_ids
+
+
+async def test_an_order_waits_for_a_deactivation_of_its_reused_authz_in_flight(
+    pair: Pair, empty_database_url: str
+) -> None:
+    """PostgreSQL: `deactivate_authz` has moved the authz and its orders, not committed."""
+    _postgres_only(empty_database_url)
+    now = pair.clock.now()
+    account = await _account(pair.a, now)
+    _, (authz,) = await _order(pair.a, account, now, names=1, status=OrderStatus.PENDING)
+    order, new = await _reusing(pair, account, authz)
+    async with _held_open(
+        empty_database_url,
+        ("UPDATE authzs SET status = 'deactivated' WHERE id = %s", (authz.id,)),
+        (
+            "UPDATE orders SET status = 'invalid' WHERE id IN"
+            " (SELECT order_id FROM order_authzs WHERE authz_id = %s)",
+            (authz.id,),
+        ),
+    ):
+        made = asyncio.create_task(pair.a.create_order(order, new))
+        await asyncio.sleep(0.3)
+    assert await made == "authz gone"
+    assert await pair.a.get_order(order.id) is None
+    assert await _rows_of(pair.a, account) == (1, ["deactivated"])
 
 
 async def test_finalize_of_an_order_not_ready_fails(pair: Pair) -> None:
@@ -484,7 +686,7 @@ async def test_orders_list_leaves_out_invalid_and_expired_orders_in_full_pages(
         expires=start + SECOND,
         created_at=start + 3 * dt.timedelta(microseconds=1),
     )
-    assert await pair.a.create_order(expiring, [])
+    assert await pair.a.create_order(expiring, []) == "created"
     finalized, _ = await made(OrderStatus.READY, 4)
     await _order(pair.a, other, start, names=1, status=OrderStatus.PENDING)
     assert await pair.a.deactivate_authz(authz.id)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem
 from acme_ca.bench.jws import PrivateKey, generate_key, jwk_of, sign_jws
+from acme_ca.errors import Identifier
+from acme_ca.model import Authorization
 from acme_ca.service import AcmeService
+from acme_ca.storage.schema import authzs, orders
 from acme_ca.testing import ChallengeTestServer
 from acme_ca.wfe.app import create_app
 from tests.acme_helpers import ClientFactory, issue
@@ -102,6 +107,35 @@ async def test_deactivated_account_can_do_nothing(make_client: ClientFactory) ->
     with pytest.raises(AcmeProblem) as info:
         await client.new_order(["after.example.test"])
     assert info.value.type == ERR + "unauthorized"
+
+
+async def test_account_deactivated_during_new_order_gets_nothing(
+    make_client: ClientFactory, service: AcmeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 8555 §7.3.6: the newOrder was verified while the account was valid; its
+    deactivation commits before the order is inserted: no order, no pending authz."""
+    client = await make_client()
+    storage = service.storage
+    find = storage.find_reusable_authz
+    account_id = (client.kid or "").rsplit("/", 1)[-1]
+
+    async def deactivated_meanwhile(
+        account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
+    ) -> Authorization | None:
+        await storage.deactivate_account(account_id)
+        return await find(account_id, identifier, wildcard=wildcard, valid_after=valid_after)
+
+    monkeypatch.setattr(storage, "find_reusable_authz", deactivated_meanwhile)
+    with pytest.raises(AcmeProblem) as info:
+        await client.new_order(["meanwhile.example.test"])
+    assert info.value.status == 403
+    assert info.value.type == ERR + "unauthorized"
+    assert info.value.detail == "Account is deactivated"
+    async with storage.engines.reader.connect() as conn:
+        made = await conn.execute(select(authzs.c.id).where(authzs.c.account_id == account_id))
+        assert made.all() == []
+        made = await conn.execute(select(orders.c.id).where(orders.c.account_id == account_id))
+        assert made.all() == []
 
 
 async def test_orders_list_is_paginated(make_client: ClientFactory, service: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 from cryptography import x509
@@ -10,6 +12,8 @@ from sqlalchemy import update
 
 from acme_ca.bench.client import AcmeProblem, PollFailed, build_csr
 from acme_ca.bench.jws import generate_key
+from acme_ca.errors import Identifier
+from acme_ca.model import Authorization
 from acme_ca.service import AcmeService
 from acme_ca.storage.schema import challenges
 from acme_ca.testing import ChallengeTestServer
@@ -148,6 +152,34 @@ async def test_valid_authz_is_reused(
     second = await client.new_order(["reuse.example.test"])
     assert second.body["authorizations"] == first["authorizations"]
     assert second.body["status"] == "ready"
+
+
+async def test_authz_deactivated_while_reused_gives_a_new_one(
+    make_client: ClientFactory, service: AcmeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The authz newOrder found to reuse is deactivated before the order is inserted:
+    the order gets a new authorization, pending, rather than being born invalid."""
+    client = await make_client()
+    first = await client.new_order(["race.example.test"])
+    storage = service.storage
+    find = storage.find_reusable_authz
+
+    async def found_then_deactivated(
+        account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
+    ) -> Authorization | None:
+        found = await find(account_id, identifier, wildcard=wildcard, valid_after=valid_after)
+        if found is not None:
+            assert await storage.deactivate_authz(found.id)
+        return found
+
+    monkeypatch.setattr(storage, "find_reusable_authz", found_then_deactivated)
+    second = await client.new_order(["race.example.test"])
+    assert second.status == 201
+    assert second.body["status"] == "pending"
+    (authz_url,) = second.body["authorizations"]
+    assert authz_url not in first.body["authorizations"]
+    assert (await client.post_as_get(authz_url)).body["status"] == "pending"
+    assert (await client.post_as_get(second.location or "")).body["status"] == "pending"
 
 
 async def test_finalize_before_ready_is_order_not_ready(make_client: ClientFactory) -> None:

@@ -99,14 +99,63 @@ class OrderService:
         await self._limits.check_new_order(
             account.id, identifiers, now, new_authzs=len(identifiers)
         )
+        order, new_authzs = await self._plan_order(
+            account, request, identifiers, profile=profile, replaces=replaces, now=now, reuse=True
+        )
+        outcome = await ctx.storage.create_order(order, new_authzs)
+        if outcome == "authz gone":
+            # A reused authorization was deactivated (or failed) while this order was
+            # made: the order would be born invalid. Made again with new ones.
+            order, new_authzs = await self._plan_order(
+                account,
+                request,
+                identifiers,
+                profile=profile,
+                replaces=replaces,
+                now=now,
+                reuse=False,
+            )
+            outcome = await ctx.storage.create_order(order, new_authzs)
+        if outcome == "account deactivated":
+            # RFC 8555 §7.3.6: deactivated after this request was verified.
+            raise unauthorized("Account is deactivated")
+        if outcome == "replaced":
+            raise already_replaced()
+        assert outcome == "created", outcome
+        if not new_authzs:
+            # Every authz was reused: the order may already be ready.
+            await ctx.storage.settle_order(order.id)
+            stored = await ctx.storage.get_order(order.id)
+            assert stored is not None
+            return stored
+        return order
+
+    async def _plan_order(
+        self,
+        account: Account,
+        request: NewOrderRequest,
+        identifiers: tuple[Identifier, ...],
+        *,
+        profile: str,
+        replaces: str | None,
+        now: dt.datetime,
+        reuse: bool,
+    ) -> tuple[Order, list[Authorization]]:
+        """The order and the authorizations to make for it: with `reuse`, the
+        account's live pending or valid ones are taken where there are any."""
+        ctx = self._ctx
         authz_ids: list[str] = []
         new_authzs: list[Authorization] = []
         expiries: list[dt.datetime] = []
         for identifier in identifiers:
             wildcard = identifier.type == IdentifierType.DNS and identifier.value.startswith("*.")
             base = Identifier(type=identifier.type, value=identifier.value.removeprefix("*."))
-            reused = await ctx.storage.find_reusable_authz(
-                account.id, base, wildcard=wildcard, valid_after=now + ctx.settings.reuse_margin
+            reused = (
+                await ctx.storage.find_reusable_authz(
+                    account.id, base, wildcard=wildcard, valid_after=now + ctx.settings.reuse_margin
+                )
+                if reuse
+                else None
             )
             if reused is not None:
                 authz_ids.append(reused.id)
@@ -130,15 +179,7 @@ class OrderService:
             replaces=replaces,
             created_at=now,
         )
-        if not await ctx.storage.create_order(order, new_authzs):
-            raise already_replaced()
-        if not new_authzs:
-            # Every authz was reused: the order may already be ready.
-            await ctx.storage.settle_order(order.id)
-            stored = await ctx.storage.get_order(order.id)
-            assert stored is not None
-            return stored
-        return order
+        return order, new_authzs
 
     async def new_authz(
         self, account: Account, identifier: Identifier
@@ -163,7 +204,9 @@ class OrderService:
             return reused, False
         await self._limits.check_new_authz(account.id, normalized, now)
         authz = self._new_authz(account, normalized, wildcard=False, now=now)
-        await self._policy_store.create_authz(authz)
+        if not await self._policy_store.create_authz(authz):
+            # RFC 8555 §7.3.6: deactivated after this request was verified.
+            raise unauthorized("Account is deactivated")
         return authz, True
 
     def _new_authz(

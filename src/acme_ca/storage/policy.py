@@ -20,7 +20,7 @@ from acme_ca.model import Authorization, AuthzStatus
 from acme_ca.storage import codec
 from acme_ca.storage.engine import Engines
 from acme_ca.storage.schema import eab_keys, rate_counters
-from acme_ca.storage.store import UPSERT_COUNTER, insert_authzs
+from acme_ca.storage.store import UPSERT_COUNTER, insert_authz_of_valid_account
 
 __all__ = ["CounterTotal", "EabKey", "PolicyStore", "WindowCount"]
 
@@ -229,6 +229,7 @@ class PolicyStore:
 
     # ---- pre-authorization (RFC 8555 §7.4.1) -----------------------------------------
 
-    async def create_authz(self, authz: Authorization) -> None:
-        """Insert an authorization that belongs to no order (yet)."""
-        await self._engines.db.write(insert_authzs, [authz])
+    async def create_authz(self, authz: Authorization) -> bool:
+        """Insert an authorization that belongs to no order (yet); False (nothing
+        written) when its account is no longer valid (RFC 8555 §7.3.6)."""
+        return await self._engines.db.write(insert_authz_of_valid_account, authz)

@@ -33,9 +33,10 @@ from acme_ca.storage.database import Database, IntegrityError, Row, Sql
 from acme_ca.storage.engine import Engines
 from acme_ca.storage.nonce_log import boot_id
 
-__all__ = ["KeyChange", "Storage", "StorageReader"]
+__all__ = ["KeyChange", "OrderOutcome", "Storage", "StorageReader"]
 
 KeyChange = Literal["changed", "in use", "stale"]
+OrderOutcome = Literal["created", "replaced", "account deactivated", "authz gone"]
 
 
 class StorageReader(Protocol):
@@ -54,14 +55,50 @@ class StorageReader(Protocol):
     def checks_accounts_at_redemption(self) -> bool: ...
 
 
+# Every row of a new order or pre-authorization is inserted `WHERE` a guard holds (its
+# parameters follow the row's), so that a unit sends all of them at once and a failed
+# guard leaves no trace: the order's guard is its account and reused authorizations,
+# the rows after it are guarded on the order row (`_ORDER_MADE`).
 _INSERT_AUTHZ = (
     "INSERT INTO authzs (id, account_id, identifier_type, identifier_value, wildcard, status,"
-    " expires, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " expires, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE"
 )
 _INSERT_CHALLENGE = (
     "INSERT INTO challenges (id, authz_id, type, token, status, validated, error,"
-    " validation_record) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)"
+    " validation_record) SELECT ?, ?, ?, ?, ?, NULL, NULL, NULL WHERE"
 )
+_INSERT_ORDER = (
+    "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
+    " not_before, not_after, error, certificate_id, profile, replaces, created_at)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ? WHERE"
+)
+_INSERT_ORDER_AUTHZ = "INSERT INTO order_authzs (order_id, authz_id) SELECT ?, ? WHERE"
+# RFC 8555 §7.3.6: a deactivated account can do nothing, so nothing is made for one
+# whose deactivation committed after its request was verified.
+_ACCOUNT_VALID = " EXISTS (SELECT 1 FROM accounts WHERE id = ? AND status = ?)"
+_ORDER_MADE = " EXISTS (SELECT 1 FROM orders WHERE id = ?)"
+# PostgreSQL, first in the unit: in READ COMMITTED the guards above read the last
+# committed state, so an account (or a reused authz) whose deactivation has run but not
+# committed would pass them, and the deactivation would not see the rows inserted
+# after its statements ran. Share locks wait for such a deactivation to commit (the
+# guards, statements of their own, then see it), or make it wait for this unit.
+_LOCK_ACCOUNT_PG = "SELECT id FROM accounts WHERE id = ? FOR SHARE"
+
+
+def _reused_alive(count: int) -> str:
+    """The guard that the order's `count` reused authorizations are still valid or
+    pending (not deactivated or failed since `find_reusable_authz` found them); its
+    parameters are their IDs, the two statuses, and `count`."""
+    return (
+        f" AND (SELECT count(*) FROM authzs WHERE id IN ({', '.join('?' * count)})"  # noqa: S608
+        " AND status IN (?, ?)) = ?"
+    )
+
+
+def _lock_authzs_pg(count: int) -> str:
+    return f"SELECT id FROM authzs WHERE id IN ({', '.join('?' * count)}) FOR SHARE"  # noqa: S608
+
+
 # `status || ''` keeps the planners off `ix_orders_status`: driven by that index the
 # query walks every pending order in the database (abandoned orders stay pending), by
 # the authz's `order_authzs` rows it reads one or two.
@@ -212,28 +249,38 @@ async def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
     return _split_authz(await sql.all(_AUTHZ_BY_ID, (authz_id,)))
 
 
-async def insert_authzs(sql: Sql, new_authzs: Sequence[Authorization]) -> None:
-    """Insert authorizations with their challenges (shared with the policy store)."""
-    await sql.many(
-        _INSERT_AUTHZ,
-        [
-            (
-                a.id,
-                a.account_id,
-                a.identifier.type,
-                a.identifier.value,
-                a.wildcard,
-                a.status,
-                codec.to_us(a.expires),
-                codec.to_us(a.created_at),
-            )
-            for a in new_authzs
-        ],
-    )
-    await sql.many(
-        _INSERT_CHALLENGE,
-        [(c.id, a.id, c.type, c.token, c.status) for a in new_authzs for c in a.challenges],
-    )
+def _authz_inserts(
+    new_authzs: Sequence[Authorization], guard: str, guard_params: tuple[Any, ...]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that insert authorizations with their challenges, each row only
+    if `guard` holds."""
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    for a in new_authzs:
+        row = (
+            a.id,
+            a.account_id,
+            a.identifier.type,
+            a.identifier.value,
+            a.wildcard,
+            a.status,
+            codec.to_us(a.expires),
+            codec.to_us(a.created_at),
+        )
+        statements.append((_INSERT_AUTHZ + guard, (*row, *guard_params)))
+        statements.extend(
+            (_INSERT_CHALLENGE + guard, (c.id, a.id, c.type, c.token, c.status, *guard_params))
+            for c in a.challenges
+        )
+    return statements
+
+
+async def insert_authz_of_valid_account(sql: Sql, authz: Authorization) -> bool:
+    """Insert a pre-authorization (RFC 8555 §7.4.1, shared with the policy store) only
+    if its account is still valid; whether it was. One round trip on PostgreSQL."""
+    account = (authz.account_id, AccountStatus.VALID)
+    lock = [(_LOCK_ACCOUNT_PG, (authz.account_id,))] if sql.postgres else []
+    counts = await sql.finish([*lock, *_authz_inserts([authz], _ACCOUNT_VALID, account)])
+    return counts[len(lock)] == 1
 
 
 class Storage:
@@ -467,11 +514,24 @@ class Storage:
 
     # ---- orders and authorizations -------------------------------------------
 
-    async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> bool:
-        """Insert the order with its new authorizations; False (nothing written) when
-        another order that is not invalid already names `order.replaces` (RFC 9773 §5:
-        the unique index `ux_orders_replaces_live` decides between concurrent ones)."""
-        params = (
+    async def create_order(self, order: Order, new_authzs: Sequence[Authorization]) -> OrderOutcome:
+        """Insert the order with its new authorizations, or nothing:
+
+        - "replaced" when another order that is not invalid already names
+          `order.replaces` (RFC 9773 §5: the unique index `ux_orders_replaces_live`
+          decides between concurrent ones);
+        - "account deactivated" when the account is no longer valid (RFC 8555 §7.3.6;
+          its deactivation committed after the request was verified);
+        - "authz gone" when an authorization the order reuses (of `order.authz_ids`,
+          those not in `new_authzs`) is no longer valid or pending: deactivated or
+          failed since `find_reusable_authz` found it.
+
+        One round trip on PostgreSQL, no BEGIN: the locks, the guarded inserts and
+        the commit (the Sync) travel together.
+        """
+        fresh = {a.id for a in new_authzs}
+        reused = sorted({a for a in order.authz_ids if a not in fresh})
+        params: tuple[Any, ...] = (
             order.id,
             order.account_id,
             order.status,
@@ -483,13 +543,24 @@ class Storage:
             order.profile,
             order.replaces,
             codec.to_us(order.created_at),
+            order.account_id,
+            AccountStatus.VALID,
         )
-
-        async def run(sql: Sql) -> None:
-            if order.replaces is not None:
-                # An order past its expiry reads as invalid (codec) but its row is still
-                # live to the index: made invalid first, it frees the certificate.
-                await sql.send(
+        insert_order = _INSERT_ORDER + _ACCOUNT_VALID
+        if reused:
+            insert_order += _reused_alive(len(reused))
+            params += (*reused, AuthzStatus.VALID, AuthzStatus.PENDING, len(reused))
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if self._postgres:
+            # Locks first, before the UPDATE of `replaces` below takes any order's.
+            statements.append((_LOCK_ACCOUNT_PG, (order.account_id,)))
+            if reused:
+                statements.append((_lock_authzs_pg(len(reused)), tuple(reused)))
+        if order.replaces is not None:
+            # An order past its expiry reads as invalid (codec) but its row is still
+            # live to the index: made invalid first, it frees the certificate.
+            statements.append(
+                (
                     _EXPIRE_REPLACING,
                     (
                         OrderStatus.INVALID,
@@ -500,27 +571,33 @@ class Storage:
                         codec.to_us(order.created_at),
                     ),
                 )
-            if new_authzs:
-                await insert_authzs(sql, new_authzs)
-            await sql.send(
-                "INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires,"
-                " not_before, not_after, error, certificate_id, profile, replaces, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
-                params,
             )
-            await sql.many(
-                "INSERT INTO order_authzs (order_id, authz_id) VALUES (?, ?)",
-                [(order.id, a) for a in order.authz_ids],
-            )
+        made = len(statements)
+        statements.append((insert_order, params))
+        statements.extend(_authz_inserts(new_authzs, _ORDER_MADE, (order.id,)))
+        statements.extend(
+            (_INSERT_ORDER_AUTHZ + _ORDER_MADE, (order.id, a, order.id)) for a in order.authz_ids
+        )
+
+        async def run(sql: Sql) -> bool:
+            counts = await sql.finish(statements)
+            return counts[made] == 1
 
         try:
-            await self._db.write(run)
+            created = await self._db.write(run)
         except IntegrityError:
             # IDs are random: with `replaces` set, the conflict is the index's.
             if order.replaces is None:
                 raise
-            return False
-        return True
+            return "replaced"
+        if created:
+            return "created"
+        # Which guard failed (a rare path, so one more read): an account is never valid
+        # again once deactivated.
+        account = await self.get_account(order.account_id)
+        if account is None or account.status != AccountStatus.VALID:
+            return "account deactivated"
+        return "authz gone"
 
     async def start_challenge(
         self, authz_id: str, challenge_id: str, *, lease_until: dt.datetime
