@@ -284,3 +284,44 @@ async def test_postgres_reads_see_what_a_transaction_committed(pg_db: Database) 
     key = uuid.uuid4().hex
     assert await pg_db.write(_insert, key) == 1
     assert await pg_db.read(_keys, key) == [key]
+
+
+async def test_libpq_url_parameters_are_translated_for_asyncpg() -> None:
+    from acme_ca.storage.database import asyncpg_connect_args
+
+    dsn, options = asyncpg_connect_args(
+        "postgresql://u:p%40ss@db:5432/acme?connect_timeout=3&keepalives=1"
+        "&options=-c%20statement_timeout%3D5000%20-cwork_mem%3D8MB"
+        "&sslmode=require&application_name=acme-ca&host=%2Frun%2Fpg"
+    )
+    assert dsn == (
+        "postgresql://u:p%40ss@db:5432/acme?sslmode=require&application_name=acme-ca"
+        "&host=%2Frun%2Fpg"
+    )
+    assert options == {
+        "timeout": 3.0,
+        "server_settings": {"statement_timeout": "5000", "work_mem": "8MB"},
+    }
+    # libpq's 0 (wait forever) and garbage keep the default bound.
+    assert asyncpg_connect_args("postgresql://db/x?connect_timeout=0")[1] == {"timeout": 10.0}
+    assert asyncpg_connect_args("postgresql://db/x?connect_timeout=soon")[1] == {"timeout": 10.0}
+
+
+@pytest.mark.postgres
+async def test_postgres_url_with_libpq_parameters_serves_both_pools(postgres_database: str) -> None:
+    # psycopg takes libpq's parameters; asyncpg would send them to the server as settings.
+    dsn = _dsn(postgres_database) + "?connect_timeout=5&keepalives=1&application_name=acme-ca"
+    db = Database(postgres_dsn=dsn, pool_size=1)
+    try:
+        await db.write(_create)
+        assert await db.read(_backend_pid) > 0
+        row = await db.read(_one_setting)
+        assert row == "acme-ca"
+    finally:
+        await db.close()
+
+
+async def _one_setting(sql: Sql) -> str:
+    row = await sql.one("SELECT current_setting('application_name') AS v")
+    assert row is not None
+    return str(row["v"])

@@ -30,6 +30,7 @@ psycopg). A unit of work is a coroutine `fn(sql: Sql, *args)` run in one go:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import select
@@ -38,6 +39,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import psycopg
@@ -583,9 +585,8 @@ class Database:
                 return conn, True
             conn.terminate()  # the server said goodbye while it sat idle
         assert self._dsn is not None
-        conn = await asyncpg.connect(
-            self._dsn, statement_cache_size=_STATEMENT_CACHE, timeout=_CONNECT_TIMEOUT
-        )
+        dsn, options = asyncpg_connect_args(self._dsn)
+        conn = await asyncpg.connect(dsn, statement_cache_size=_STATEMENT_CACHE, **options)
         return conn, False
 
     async def _on_apg(self, fn: Unit[T], args: tuple[Any, ...], *, retry_safe: bool) -> T:
@@ -751,7 +752,61 @@ _PgConn = tuple[psycopg.AsyncConnection[Any], psycopg.AsyncPipeline]
 
 
 _CONNECT_TIMEOUT = 10.0
-"""Seconds for an asyncpg connection to open (a refused one fails at once)."""
+"""Seconds for an asyncpg connection to open unless the URL says (a refused one fails
+at once)."""
+# libpq client parameters that asyncpg does not know: it would send them to the server
+# as settings, and the connection would fail ("unrecognized configuration parameter").
+_LIBPQ_CLIENT_ONLY = frozenset(
+    {
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "sslcompression",
+        "gssencmode",
+        "channel_binding",
+        "requirepeer",
+        "fallback_application_name",
+        "client_encoding",
+        "load_balance_hosts",
+        "sslsni",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+    }
+)
+
+
+def asyncpg_connect_args(dsn: str) -> tuple[str, dict[str, Any]]:
+    """The one database URL (written for libpq and psycopg) as asyncpg takes it:
+    `connect_timeout` becomes asyncpg's `timeout`, `options=-c name=value` its
+    `server_settings`, and libpq's client-side parameters are dropped."""
+    parts = urlsplit(dsn)
+    kept: list[tuple[str, str]] = []
+    options: dict[str, Any] = {"timeout": _CONNECT_TIMEOUT}
+    settings: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "connect_timeout":
+            with contextlib.suppress(ValueError):
+                seconds = float(value)
+                if seconds > 0:  # libpq: 0 means wait forever; asyncpg needs a number
+                    options["timeout"] = seconds
+        elif name == "options":
+            words = value.split()
+            for i, word in enumerate(words):
+                setting = word[2:] if word.startswith("-c") and len(word) > 2 else None
+                if word == "-c" and i + 1 < len(words):
+                    setting = words[i + 1]
+                if setting and "=" in setting:
+                    key, _, val = setting.partition("=")
+                    settings[key] = val
+        elif name not in _LIBPQ_CLIENT_ONLY:
+            kept.append((name, value))
+    if settings:
+        options["server_settings"] = settings
+    return urlunsplit(parts._replace(query=urlencode(kept))), options
+
+
 _STATEMENT_CACHE = 512
 """Prepared statements kept per asyncpg connection: the store's texts, IN lists included."""
 
