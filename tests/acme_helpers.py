@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
+import pytest
 from cryptography import x509
+from sqlalchemy import select
 
 from acme_ca.bench.client import AcmeClient, build_csr
 from acme_ca.bench.jws import PrivateKey, _sign, b64url, generate_key, jwk_of, jws_alg
+from acme_ca.errors import Identifier
+from acme_ca.model import Authorization
+from acme_ca.storage.schema import authzs
+from acme_ca.storage.store import Storage
 from acme_ca.testing import ChallengeTestServer
 
 ClientFactory = Callable[..., Awaitable[AcmeClient]]
@@ -89,3 +96,23 @@ __all__ = [
     "raw_jws",
     "fresh_nonce",
 ]
+
+
+def deactivate_account_mid_request(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next newOrder or newAuthz finds its account deactivated after the request was
+    verified: the deactivation commits while it looks for an authorization to reuse."""
+    find = storage.find_reusable_authz
+
+    async def deactivated_meanwhile(
+        account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
+    ) -> Authorization | None:
+        await storage.deactivate_account(account_id)
+        return await find(account_id, identifier, wildcard=wildcard, valid_after=valid_after)
+
+    monkeypatch.setattr(storage, "find_reusable_authz", deactivated_meanwhile)
+
+
+async def authz_ids_of(storage: Storage, account_id: str) -> list[str]:
+    async with storage.engines.reader.connect() as conn:
+        rows = await conn.execute(select(authzs.c.id).where(authzs.c.account_id == account_id))
+        return [row[0] for row in rows.all()]

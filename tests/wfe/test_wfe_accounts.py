@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 
 import httpx
 import pytest
@@ -14,13 +13,16 @@ from sqlalchemy import select
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem
 from acme_ca.bench.jws import PrivateKey, generate_key, jwk_of, sign_jws
-from acme_ca.errors import Identifier
-from acme_ca.model import Authorization
 from acme_ca.service import AcmeService
-from acme_ca.storage.schema import authzs, orders
+from acme_ca.storage.schema import orders
 from acme_ca.testing import ChallengeTestServer
 from acme_ca.wfe.app import create_app
-from tests.acme_helpers import ClientFactory, issue
+from tests.acme_helpers import (
+    ClientFactory,
+    authz_ids_of,
+    deactivate_account_mid_request,
+    issue,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -116,24 +118,15 @@ async def test_account_deactivated_during_new_order_gets_nothing(
     deactivation commits before the order is inserted: no order, no pending authz."""
     client = await make_client()
     storage = service.storage
-    find = storage.find_reusable_authz
     account_id = (client.kid or "").rsplit("/", 1)[-1]
-
-    async def deactivated_meanwhile(
-        account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
-    ) -> Authorization | None:
-        await storage.deactivate_account(account_id)
-        return await find(account_id, identifier, wildcard=wildcard, valid_after=valid_after)
-
-    monkeypatch.setattr(storage, "find_reusable_authz", deactivated_meanwhile)
+    deactivate_account_mid_request(storage, monkeypatch)
     with pytest.raises(AcmeProblem) as info:
         await client.new_order(["meanwhile.example.test"])
     assert info.value.status == 403
     assert info.value.type == ERR + "unauthorized"
     assert info.value.detail == "Account is deactivated"
+    assert await authz_ids_of(storage, account_id) == []
     async with storage.engines.reader.connect() as conn:
-        made = await conn.execute(select(authzs.c.id).where(authzs.c.account_id == account_id))
-        assert made.all() == []
         made = await conn.execute(select(orders.c.id).where(orders.c.account_id == account_id))
         assert made.all() == []
 

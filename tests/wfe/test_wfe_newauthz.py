@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem
-from acme_ca.errors import Identifier
-from acme_ca.model import Authorization
 from acme_ca.service import AcmeService
-from acme_ca.storage.schema import authzs
 from acme_ca.testing import ChallengeTestServer
-from tests.acme_helpers import ClientFactory
+from tests.acme_helpers import ClientFactory, authz_ids_of, deactivate_account_mid_request
 from tests.policy_helpers import BASE_URL, client_for, running_service
 
 NEW_AUTHZ = f"{BASE_URL}/acme/new-authz"
@@ -106,15 +101,7 @@ async def test_account_deactivated_during_new_authz_gets_nothing(
     """RFC 8555 §7.3.6: verified while the account was valid, its deactivation commits
     before the authorization is inserted: refused, and no pending authz is left."""
     storage = preauth_service.storage
-    find = storage.find_reusable_authz
-
-    async def deactivated_meanwhile(
-        account_id: str, identifier: Identifier, *, wildcard: bool, valid_after: dt.datetime
-    ) -> Authorization | None:
-        await storage.deactivate_account(account_id)
-        return await find(account_id, identifier, wildcard=wildcard, valid_after=valid_after)
-
-    monkeypatch.setattr(storage, "find_reusable_authz", deactivated_meanwhile)
+    deactivate_account_mid_request(storage, monkeypatch)
     async with client_for(preauth_service) as client:
         account_id = (client.kid or "").rsplit("/", 1)[-1]
         with pytest.raises(AcmeProblem) as info:
@@ -122,6 +109,4 @@ async def test_account_deactivated_during_new_authz_gets_nothing(
     assert info.value.status == 403
     assert info.value.type == "urn:ietf:params:acme:error:unauthorized"
     assert info.value.detail == "Account is deactivated"
-    async with storage.engines.reader.connect() as conn:
-        made = await conn.execute(select(authzs.c.id).where(authzs.c.account_id == account_id))
-        assert made.all() == []
+    assert await authz_ids_of(storage, account_id) == []

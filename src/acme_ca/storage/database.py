@@ -816,21 +816,24 @@ def _apg_spoke_while_idle(conn: asyncpg.Connection) -> bool:
     pool checkout may come before that (a terminated backend's FATAL is on the socket)."""
     transport = getattr(conn, "_transport", None)  # asyncpg keeps its transport here
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+    return sock is not None and _has_input(sock)
 
 
 def _spoke_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle connection has input: the server sends nothing unasked but a
     FATAL error before it closes, or the end of the stream."""
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    except (OSError, ValueError, psycopg.OperationalError):
+        sock = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    return _has_input(sock)
+
+
+def _has_input(sock: Any) -> bool:
+    """Readable now (or unusable); a socket or a file descriptor."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
         return True
     return bool(readable)
 

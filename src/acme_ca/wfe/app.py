@@ -23,7 +23,7 @@ from typing import Any
 from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
 from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
-from acme_ca.wfe.http_types import Address, Headers, Request, Response
+from acme_ca.wfe.http_types import Address, Headers, Request, Response, carries_body
 from acme_ca.wfe.responses import body_too_large, problem_response
 
 __all__ = ["AcmeApp", "RouteSpec", "create_app"]
@@ -237,14 +237,14 @@ class AcmeApp:
                 request.body = b"".join(chunks)
                 response = await self.handle(request)
                 break
-        await send_asgi(response, scope, send)
+        await _send_asgi(response, scope, send)
 
 
-async def send_asgi(response: Response, scope: Scope, send: Send) -> None:
+async def _send_asgi(response: Response, scope: Scope, send: Send) -> None:
     headers = list(response.raw_headers)
     status = response.status_code
     body = response.body
-    if status >= 200 and status not in (204, 304):
+    if carries_body(status):
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     else:
         body = b""

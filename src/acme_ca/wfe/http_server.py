@@ -34,7 +34,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
-from acme_ca.wfe.http_types import Address, Headers, Request, Response
+from acme_ca.wfe.http_types import Address, Headers, Request, Response, carries_body
 from acme_ca.wfe.responses import body_too_large
 
 __all__ = ["AcmeHttpProtocol", "HttpHandler", "serialize_response"]
@@ -89,11 +89,11 @@ def serialize_response(
     # Status line, headers, blank line; then Content-Length and Connection if added.
     lines = len(default_headers) + len(response.raw_headers) + 2
     body = response.body
-    if status < 200 or status in (204, 304):
-        body = b""
-    else:
+    if carries_body(status):
         parts += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
         lines += 1
+    else:
+        body = b""
     if not keep_alive:
         parts.append(b"connection: close\r\n")
         lines += 1
@@ -457,10 +457,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._stall_timer = None
         if self._write_paused and self._transport is not None:
             log.info("dropped %s: it read no answer for %s s", self._peer, REQUEST_TIMEOUT)
-            self._closing = True
-            self._queue.clear()
-            self._disarm()
-            self._transport.abort()
+            self._abort()
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -478,14 +475,18 @@ class AcmeHttpProtocol(asyncio.Protocol):
             # A request begun and stalled (slowloris): nothing is owed to it, and a
             # graceful TLS close would keep the socket up to 30 s more waiting for a
             # close_notify that such a client never sends.
-            self._deadline = None
-            self._closing = True
-            self._queue.clear()
-            if self._transport is not None:
-                self._transport.abort()
+            self._abort()
         else:
             self._deadline = None
             self._close()  # idle keep-alive: a graceful close, the client may be sending
+
+    def _abort(self) -> None:
+        """Drop the connection now, owing it nothing (no TLS goodbye, nothing queued)."""
+        self._closing = True
+        self._queue.clear()
+        self._disarm()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _close(self) -> None:
         self._closing = True

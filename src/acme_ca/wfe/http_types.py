@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-__all__ = ["Address", "Headers", "Request", "Response", "ResponseHeaders"]
+__all__ = ["Address", "Headers", "Request", "Response", "ResponseHeaders", "carries_body"]
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -122,6 +122,12 @@ class ResponseHeaders:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
+
+
+def carries_body(status: int) -> bool:
+    """Whether an answer with this status has a body and a Content-Length (RFC 9110
+    §6.4.1: no 1xx, 204 or 304 does)."""
+    return status >= 200 and status not in (204, 304)
 
 
 class Response:
