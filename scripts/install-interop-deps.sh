@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego, dehydrated, acme-tiny and Caddy (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny and Caddy (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -55,6 +55,19 @@ if ! command -v dehydrated >/dev/null 2>&1; then
     apt_install dehydrated
 fi
 
+# uacme, the C client on libcurl/GnuTLS (tests/interop/test_interop_uacme.py). It trusts only
+# the system store, so each test run mounts its own /etc/ssl/certs in a private mount namespace
+# (unshare and mount, from util-linux and mount); /etc/ssl/certs must exist (ca-certificates).
+if ! command -v uacme >/dev/null 2>&1; then
+    apt_install uacme
+fi
+if ! command -v unshare >/dev/null 2>&1 || ! command -v mount >/dev/null 2>&1; then
+    apt_install util-linux mount
+fi
+if [ ! -d /etc/ssl/certs ]; then
+    apt_install ca-certificates
+fi
+
 # acme-tiny, the minimal Python client that takes a CN-only CSR
 # (tests/interop/test_interop_acme_tiny.py).
 if ! command -v acme-tiny >/dev/null 2>&1; then
@@ -101,6 +114,7 @@ fi
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
 echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
+echo "uacme: $(dpkg-query -W -f='${Version}' uacme 2>/dev/null || echo unknown)"
 echo "acme-tiny: $(dpkg-query -W -f='${Version}' acme-tiny 2>/dev/null || echo unknown)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
