@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from acme_ca.errors import Identifier
-from acme_ca.model import Account, Authorization, Challenge, Order
+from acme_ca.model import Account, Authorization, AuthzStatus, Challenge, ChallengeStatus, Order
 from acme_ca.protocol.messages import format_rfc3339
 from acme_ca.protocol.problems import problem_document
 from acme_ca.protocol.urls import Urls
@@ -69,12 +69,25 @@ def render_challenge(challenge: Challenge, urls: Urls) -> dict[str, Any]:
     return doc
 
 
+# RFC 8555 §7.1.4: a valid authorization lists the challenge that was validated, an
+# invalid one the challenge that was attempted and failed; any other lists them all.
+_USED_CHALLENGE = {
+    AuthzStatus.VALID: ChallengeStatus.VALID,
+    AuthzStatus.INVALID: ChallengeStatus.INVALID,
+}
+
+
 def render_authz(authz: Authorization, urls: Urls) -> dict[str, Any]:
+    challenges = authz.challenges
+    used = _USED_CHALLENGE.get(authz.status)
+    if used is not None:
+        # All of them if none has that status (not seen; `challenges` is required).
+        challenges = tuple(c for c in challenges if c.status == used) or challenges
     doc: dict[str, Any] = {
         "identifier": _identifier(authz.identifier),
         "status": str(authz.status),
         "expires": format_rfc3339(authz.expires),
-        "challenges": [render_challenge(c, urls) for c in authz.challenges],
+        "challenges": [render_challenge(c, urls) for c in challenges],
     }
     if authz.wildcard:
         doc["wildcard"] = True
