@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from acme_ca.bench.jws import generate_key
 from acme_ca.errors import Identifier
 from acme_ca.model import Authorization
 from acme_ca.service import AcmeService
-from acme_ca.storage.schema import challenges
+from acme_ca.storage.schema import certificates, challenges
 from acme_ca.testing import ChallengeTestServer
 from tests.acme_helpers import ClientFactory, issue, order_with_http01
 
@@ -96,6 +97,26 @@ async def test_full_issuance_with_http01(
     alt_chain = x509.load_pem_x509_certificates(alt.content)
     assert alt_chain[0] == leaf
     assert len(alt_chain) >= 2
+
+
+async def test_certificate_with_one_chain_has_no_empty_link_element(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, service: AcmeService
+) -> None:
+    # A CA imported without a cross-signed chain offers no alternate: the Link field is
+    # then only rel="index", with no empty list element (RFC 9110 §5.6.1.1, RFC 8288).
+    client = await make_client()
+    _, _, order = await issue(client, ["one.example.test"], challtestsrv)
+    cert_id = order["certificate"].rsplit("/", 1)[1]
+    stored = await service.storage.get_certificate(cert_id)
+    assert stored is not None
+    assert len(stored.pem_chains) == 2
+    only = json.dumps(list(stored.pem_chains[:1]))
+    async with service.engines.writer.begin() as conn:
+        await conn.execute(
+            update(certificates).where(certificates.c.id == cert_id).values(pem_chains=only)
+        )
+    resp = await client.download_certificate(order["certificate"])
+    assert resp.headers.get_list("link") == [f'<{service.front_end.urls.directory}>;rel="index"']
 
 
 async def test_dns01_wildcard(

@@ -152,10 +152,11 @@ async def certificate(fe: FrontEnd, request: Request) -> Response:
         for i in range(len(cert.pem_chains))
         if i != index
     ]
-    # RFC 8555 §7.4.2: alternate chains are offered with Link rel="alternate".
-    return Response(
-        cert.pem_chains[index], media_type=PEM_CHAIN, headers={"Link": ", ".join(links)}
-    )
+    # RFC 8555 §7.4.2: alternate chains are offered with Link rel="alternate"; with
+    # none, no Link here (an empty one would become an empty list element beside
+    # rel="index", RFC 9110 §5.6.1.1).
+    headers = {"Link": ", ".join(links)} if links else None
+    return Response(cert.pem_chains[index], media_type=PEM_CHAIN, headers=headers)
 
 
 async def revoke_cert(fe: FrontEnd, request: Request) -> Response:
