@@ -56,3 +56,42 @@ async def test_another_scope_refuses_the_nonce() -> None:
         await after.redeem(before.issue())
     assert refused.value.type == ProblemType.BAD_NONCE
     assert "not issued by this server" in refused.value.detail
+
+
+# acme.sh (_send_signed_request) retries a badNonce only when the detail contains
+# Boulder's wording; with any other detail it gives up on the first refused nonce.
+ACME_SH_RETRIES_ON = "JWS has an invalid anti-replay nonce"
+
+
+async def _refusal(service: NonceService, nonce: str) -> AcmeError:
+    with pytest.raises(AcmeError) as refused:
+        await service.redeem(nonce)
+    assert refused.value.type == ProblemType.BAD_NONCE
+    return refused.value
+
+
+async def test_used_nonce_detail_is_one_acme_sh_retries() -> None:
+    service = await _service(_Settings(b"boot-1"))
+    nonce = service.issue()
+    await service.redeem(nonce)
+    assert ACME_SH_RETRIES_ON in (await _refusal(service, nonce)).detail
+
+
+async def test_expired_nonce_detail_is_one_acme_sh_retries() -> None:
+    clock = FakeClock(NOW)
+    service = await NonceService.create(_Settings(b"boot-1"), clock)  # type: ignore[arg-type]
+    nonce = service.issue()
+    clock.advance(dt.timedelta(hours=2))
+    assert ACME_SH_RETRIES_ON in (await _refusal(service, nonce)).detail
+
+
+@pytest.mark.parametrize("nonce", ["not-a-nonce", "AAAA", "A" * 43], ids=["chars", "short", "mac"])
+async def test_foreign_nonce_detail_is_one_acme_sh_retries(nonce: str) -> None:
+    # A nonce of another server, or one mangled on the way: the client must fetch anew.
+    service = await _service(_Settings(b"boot-1"))
+    assert ACME_SH_RETRIES_ON in (await _refusal(service, nonce)).detail
+
+
+async def test_missing_nonce_keeps_its_own_detail() -> None:
+    service = await _service(_Settings(b"boot-1"))
+    assert (await _refusal(service, "")).detail == "JWS has no anti-replay nonce"

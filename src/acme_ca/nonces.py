@@ -34,6 +34,14 @@ def bad_nonce(detail: str) -> AcmeError:
     return AcmeError(type=ProblemType.BAD_NONCE, detail=detail)
 
 
+def _invalid_nonce(reason: str) -> AcmeError:
+    # RFC 8555 §6.5 leaves the detail free; clients are to retry a badNonce with the
+    # fresh nonce. acme.sh retries only when the detail contains Boulder's wording
+    # ("JWS has an invalid anti-replay nonce", _send_signed_request) and otherwise
+    # gives up on the first stale nonce, so a present but refused nonce says that.
+    return bad_nonce(f"JWS has an invalid anti-replay nonce: {reason}")
+
+
 class NonceService:
     def __init__(self, storage: Storage, clock: Clock, key: bytes, lifetime: dt.timedelta) -> None:
         self._storage = storage
@@ -77,18 +85,18 @@ class NonceService:
         try:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (binascii.Error, ValueError):
-            raise bad_nonce("JWS nonce is malformed") from None
+            raise _invalid_nonce("it is malformed") from None
         # Only the canonical spelling: a lenient decoder would let `N` and `N!` both redeem.
         canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
         if len(raw) != _LENGTH or canonical != nonce:
-            raise bad_nonce("JWS nonce is malformed")
+            raise _invalid_nonce("it is malformed")
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise bad_nonce("JWS nonce was not issued by this server")
+            raise _invalid_nonce("it was not issued by this server")
         (expires_s,) = struct.unpack(">Q", body[:8])
         expires = dt.datetime.fromtimestamp(expires_s, dt.UTC)
         if expires <= self._clock.now():
-            raise bad_nonce("JWS nonce has expired")
+            raise _invalid_nonce("it has expired")
         if account is not None:
             redeemed = await self._storage.redeem_nonce_for_account(
                 nonce, expires, account_id=account.id, thumbprint=account.thumbprint
@@ -98,5 +106,5 @@ class NonceService:
         else:
             redeemed = await self._storage.redeem_nonce(nonce, expires)
         if not redeemed:
-            raise bad_nonce("JWS nonce has already been used")
+            raise _invalid_nonce("it has already been used")
         return True
