@@ -52,6 +52,14 @@ def test_shipped_profiles() -> None:
     assert all(p.description for p in DEFAULT_PROFILES.values())
 
 
+def test_shipped_descriptions_survive_acme_sh_list_profiles() -> None:
+    # acme.sh --list-profiles: `_egrep_o '"profiles" *: *[{][^}]*[}]'`, then
+    # `tr ',' '\n'`, one line per profile: a comma (or brace) in a description
+    # would show its pieces as profiles of their own.
+    for profile in DEFAULT_PROFILES.values():
+        assert not set(profile_description(profile)) & set(',{}"'), profile.name
+
+
 def test_classic_has_cn_both_ekus_and_revocation_pointers(ca: CertificateAuthority) -> None:
     cert = _issue(ca, DEFAULT_PROFILES["classic"])
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -14,12 +14,14 @@ from acme_ca.ca.authority import CertificateProfile
 
 __all__ = ["DEFAULT_PROFILES", "profile_description", "profiles_from_config"]
 
-# The three profiles Let's Encrypt offers (letsencrypt.org/docs/profiles).
+# The three profiles Let's Encrypt offers (letsencrypt.org/docs/profiles). No commas
+# in the descriptions: `acme.sh --list-profiles` splits the directory's "profiles"
+# object at every comma and showed the pieces as profiles of their own.
 DEFAULT_PROFILES: Mapping[str, CertificateProfile] = {
     "classic": CertificateProfile(
         name="classic",
         validity=dt.timedelta(days=90),
-        description="90-day certificate with serverAuth and clientAuth, common name, "
+        description="90-day certificate with serverAuth and clientAuth; common name; "
         "CRL and OCSP pointers",
     ),
     "tlsserver": CertificateProfile(
@@ -27,7 +29,7 @@ DEFAULT_PROFILES: Mapping[str, CertificateProfile] = {
         validity=dt.timedelta(days=90),
         client_auth=False,
         include_common_name=False,
-        description="90-day TLS server certificate: serverAuth only, no common name",
+        description="90-day TLS server certificate: serverAuth only; no common name",
     ),
     "shortlived": CertificateProfile(
         name="shortlived",
