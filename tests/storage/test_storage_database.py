@@ -58,6 +58,22 @@ async def _synchronous(sql: Sql) -> int:
     return int(row[0])
 
 
+async def _temp_store(sql: Sql) -> int:
+    row = await sql.one("PRAGMA temp_store")
+    assert row is not None
+    return int(row[0])
+
+
+async def test_sqlite_keeps_temporary_btrees_in_memory(tmp_path: Path) -> None:
+    # 2 = MEMORY: no temporary file is created and unlinked for a statement.
+    db = Database(sqlite_path=str(tmp_path / "m.db"))
+    try:
+        assert await db.read(_temp_store) == 2
+        assert await db.write(_temp_store) == 2
+    finally:
+        await db.close()
+
+
 async def test_sqlite_transient_writes_skip_their_own_fsync(tmp_path: Path) -> None:
     # synchronous: 1 = NORMAL (no fsync at commit in WAL mode), 2 = FULL.
     db = Database(sqlite_path=str(tmp_path / "s.db"), sqlite_synchronous="FULL")
