@@ -4,15 +4,20 @@ PostgreSQL surviving a server that dropped its connections."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from acme_ca.storage import database
 from acme_ca.storage.database import ConnectionLost, Database, IntegrityError, Sql
 
 pytestmark = pytest.mark.asyncio
@@ -341,3 +346,75 @@ async def _one_setting(sql: Sql) -> str:
     row = await sql.one("SELECT current_setting('application_name') AS v")
     assert row is not None
     return str(row["v"])
+
+
+@contextmanager
+def _held_writer_lock(path: Path) -> Iterator[None]:
+    """Another process's writer holding the lock (an open file description of its own)."""
+    fd = os.open(f"{path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def test_sqlite_writes_wait_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.db"
+    db = Database(sqlite_path=str(path))
+    try:
+        await db.write(_create)
+        with _held_writer_lock(path):
+            first = asyncio.ensure_future(db.write(_insert, "a"))
+            await asyncio.sleep(0.02)
+            second = asyncio.ensure_future(db.write(_insert, "b"))
+            await asyncio.sleep(0.02)
+            # The loop ran meanwhile, and reads need no writer lock.
+            assert not first.done()
+            assert not second.done()
+            assert await db.read(_count) == 0
+        assert list(await asyncio.wait_for(asyncio.gather(first, second), 5)) == [1, 1]
+        assert await db.read(_count) == 2
+    finally:
+        await db.close()
+
+
+async def test_sqlite_write_fails_locked_after_the_lock_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "LOCK_WAIT_SECONDS", 0.05)
+    path = tmp_path / "l.db"
+    db = Database(sqlite_path=str(path))
+    try:
+        await db.write(_create)
+        with (
+            _held_writer_lock(path),
+            pytest.raises(sqlite3.OperationalError, match="database is locked"),
+        ):
+            await asyncio.wait_for(db.write(_insert, "a"), 5)
+        # Nothing was written, and the writer works again once the lock is free.
+        assert await db.read(_count) == 0
+        assert await db.write(_insert, "a") == 1
+    finally:
+        await db.close()
+
+
+async def test_sqlite_close_writes_what_waited_for_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    db = Database(sqlite_path=str(path))
+    await db.write(_create)
+    with _held_writer_lock(path):
+        pending = asyncio.ensure_future(db.write(_insert, "a"))
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(db.close())
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+    await asyncio.wait_for(closing, 5)
+    assert await pending == 1
+    again = Database(sqlite_path=str(path))
+    try:
+        assert await again.read(_count) == 1
+    finally:
+        await again.close()
