@@ -432,11 +432,20 @@ def hook_command(*args: str) -> str:
     return shlex.join([sys.executable, str(HOOKS / "challtestsrv_txt.py"), *args])
 
 
-def hook_executable(directory: Path) -> Path:
-    """An executable wrapper for the hook (lego's exec provider runs a program, not a shell line),
-    so that the hook's own file mode does not matter."""
-    wrapper = directory / "challtestsrv-txt-hook"
-    wrapper.write_text(f'#!/bin/sh\nexec {hook_command()} "$@"\n')
+def hook_executable(
+    directory: Path,
+    script: str = "challtestsrv_txt.py",
+    *,
+    name: str = "challtestsrv-txt-hook",
+    env: dict[str, str] | None = None,
+) -> Path:
+    """An executable wrapper running the hook `script` of tests/interop/hooks with this
+    interpreter and `env` exported (lego's exec provider and uacme run a program, not a
+    shell line), so that the hook's own file mode does not matter."""
+    wrapper = directory / name
+    exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in (env or {}).items())
+    command = shlex.join([sys.executable, str(HOOKS / script)])
+    wrapper.write_text(f'#!/bin/sh\n{exports}exec {command} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 

@@ -17,19 +17,18 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.interop.conftest import (
-    HOOKS,
     AcmeServer,
     Client,
     _client_env,
     _require,
     assert_chains_to_root,
     dns_names,
+    hook_executable,
     load_pems,
 )
 
@@ -103,14 +102,12 @@ def uacme_account(uacme: Client) -> Client:
 
 def _hook(tmp_path: Path, challenge: str, wellknown: Path | None = None) -> str:
     """An executable wrapper (uacme execs its hook directly) accepting only `challenge`."""
-    wrapper = tmp_path / f"uacme-hook-{challenge}"
     settings = {"UACME_HOOK_CHALLENGE": challenge}
     if wellknown is not None:
         settings["UACME_HOOK_WELLKNOWN"] = str(wellknown)
-    exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in settings.items())
-    command = shlex.join([sys.executable, str(HOOKS / "uacme_hook.py")])
-    wrapper.write_text(f'#!/bin/sh\n{exports}exec {command} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = hook_executable(
+        tmp_path, "uacme_hook.py", name=f"uacme-hook-{challenge}", env=settings
+    )
     return str(wrapper)
 
 

@@ -436,12 +436,17 @@ class _GroupWriter:
             return
         if now >= self._lock_deadline:
             self._lock_deadline = None
-            batch, self._pending = self._pending, []
-            error = sqlite3.OperationalError("database is locked (writer lock)")
-            _resolve(batch, [(False, error)] * len(batch))
+            self._fail_pending()
             return
         self._scheduled = True
         self._retry = loop.call_later(_LOCK_RETRY_SECONDS, self._flush, loop)
+
+    def _fail_pending(self) -> None:
+        """Another process held the writer lock past `LOCK_WAIT_SECONDS`: the queued
+        writes fail as SQLite's own busy timeout would fail them."""
+        batch, self._pending = self._pending, []
+        error = sqlite3.OperationalError("database is locked (writer lock)")
+        _resolve(batch, [(False, error)] * len(batch))
 
     def _reschedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pending and not self._scheduled:
@@ -520,9 +525,7 @@ class _GroupWriter:
                 if time.monotonic() < deadline:
                     await asyncio.sleep(_LOCK_RETRY_SECONDS)
                     continue
-                batch, self._pending = self._pending, []
-                error = sqlite3.OperationalError("database is locked (writer lock)")
-                _resolve(batch, [(False, error)] * len(batch))
+                self._fail_pending()
                 break
             batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
             _resolve(batch, self._locked_batch(batch))
@@ -572,8 +575,8 @@ class Database:
 
     # ---- SQLite ------------------------------------------------------------------
 
-    def _sqlite_reader(self) -> sqlite3.Connection:
-        # The writer's own connection (see `_GroupWriter`).
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        # Reads go on the writer's own connection (see `_GroupWriter`).
         assert self._writer is not None
         return self._writer.connection()
 
@@ -733,7 +736,7 @@ class Database:
         """`fn(sql, *args)` on a connection, each statement on its own snapshot."""
         if self.postgres:
             return await self._on_apg(fn, args, retry_safe=True)
-        return await fn(Sql(self._sqlite_reader(), postgres=False), *args)
+        return await fn(Sql(self._sqlite_connection(), postgres=False), *args)
 
     async def write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement, atomic by itself: on PostgreSQL without BEGIN and COMMIT round
