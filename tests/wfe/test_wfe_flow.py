@@ -119,6 +119,22 @@ async def test_certificate_with_one_chain_has_no_empty_link_element(
     assert resp.headers.get_list("link") == [f'<{service.front_end.urls.directory}>;rel="index"']
 
 
+async def test_each_link_is_a_field_line_of_its_own(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, service: AcmeService
+) -> None:
+    # RFC 8555 §7.4.2 offers alternates in "one or more link relation header fields";
+    # golang.org/x/crypto/acme (ListCertAlternates) reads one link per field line, so
+    # rel="alternate" and rel="index" must not share one (RFC 8288 §3 allows both forms).
+    client = await make_client()
+    _, _, order = await issue(client, ["lines.example.test"], challtestsrv)
+    cert_url = order["certificate"]
+    resp = await client.download_certificate(cert_url)
+    index = f'<{service.front_end.urls.directory}>;rel="index"'
+    assert resp.headers.get_list("link") == [f'<{cert_url}/1>;rel="alternate"', index]
+    alternate = await client.download_certificate(f"{cert_url}/1")
+    assert alternate.headers.get_list("link") == [f'<{cert_url}/0>;rel="alternate"', index]
+
+
 async def test_dns01_wildcard(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer
 ) -> None:

@@ -40,20 +40,16 @@ _OPENAPI = Path(__file__).with_name("openapi.yaml")
 def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> None:
     # On the raw header list: one pass instead of a scan per `MutableHeaders` access.
     raw = response.raw_headers
-    link_at = cache_at = -1
+    cache_at = -1
     for i, (name, _) in enumerate(raw):
-        if name == b"link":
-            link_at = i
-        elif name == b"cache-control":
+        if name == b"cache-control":
             cache_at = i
     # RFC 8555 §6.5: a fresh nonce on every response, errors included.
     raw.append((b"replay-nonce", fe.nonces.issue().encode("ascii")))
-    # RFC 8555 §7.1: Link rel="index" to the directory, beside any other link.
-    index = f'<{fe.urls.directory}>;rel="index"'.encode("latin-1")
-    if link_at >= 0:
-        raw[link_at] = (b"link", raw[link_at][1] + b", " + index)
-    else:
-        raw.append((b"link", index))
+    # RFC 8555 §7.1: Link rel="index" to the directory, in a field line of its own beside
+    # any other link: RFC 8288 §3 allows one line with a list too, but
+    # golang.org/x/crypto/acme reads one link per line (as Boulder and Pebble send them).
+    raw.append((b"link", f'<{fe.urls.directory}>;rel="index"'.encode("latin-1")))
     if request.method == "POST":
         if cache_at >= 0:
             raw[cache_at] = (b"cache-control", b"no-store")

@@ -147,16 +147,15 @@ async def certificate(fe: FrontEnd, request: Request) -> Response:
     index = int(request.path_params.get("index", 0))
     if index >= len(cert.pem_chains):
         raise not_found("No such alternate chain")
+    # RFC 8555 §7.4.2: "one or more link relation header fields" with relation
+    # "alternate": a field line per alternate chain (golang.org/x/crypto/acme's
+    # ListCertAlternates reads one link per line); with none, no Link here.
     links = [
-        f'<{fe.urls.alternate_certificate(cert.id, i)}>;rel="alternate"'
+        ("Link", f'<{fe.urls.alternate_certificate(cert.id, i)}>;rel="alternate"')
         for i in range(len(cert.pem_chains))
         if i != index
     ]
-    # RFC 8555 §7.4.2: alternate chains are offered with Link rel="alternate"; with
-    # none, no Link here (an empty one would become an empty list element beside
-    # rel="index", RFC 9110 §5.6.1.1).
-    headers = {"Link": ", ".join(links)} if links else None
-    return Response(cert.pem_chains[index], media_type=PEM_CHAIN, headers=headers)
+    return Response(cert.pem_chains[index], media_type=PEM_CHAIN, headers=links)
 
 
 async def revoke_cert(fe: FrontEnd, request: Request) -> Response:
