@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny and Caddy (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, Caddy and
+# golang.org/x/crypto/acme with Go (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -80,6 +81,15 @@ if ! command -v caddy >/dev/null 2>&1; then
     apt_install_no_start caddy
 fi
 
+# golang.org/x/crypto/acme, the Go library behind autocert (tests/interop/test_interop_go_acme.py):
+# its source as Debian packages it, built by the test with Debian's Go in GOPATH mode, offline.
+if ! command -v go >/dev/null 2>&1; then
+    apt_install golang-go
+fi
+if [ ! -f /usr/share/gocode/src/golang.org/x/crypto/acme/rfc8555.go ]; then
+    apt_install golang-golang-x-crypto-dev
+fi
+
 # nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
 # instance by PID; the package's service is not started.
 if [ ! -x /usr/sbin/nginx ]; then
@@ -116,6 +126,7 @@ echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
 echo "uacme: $(dpkg-query -W -f='${Version}' uacme 2>/dev/null || echo unknown)"
 echo "acme-tiny: $(dpkg-query -W -f='${Version}' acme-tiny 2>/dev/null || echo unknown)"
+echo "golang.org/x/crypto/acme: $(dpkg-query -W -f='${Version}' golang-golang-x-crypto-dev 2>/dev/null || echo unknown) on $(go version 2>&1 | head -n 1)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"
