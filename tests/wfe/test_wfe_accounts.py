@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from acme_ca.bench.client import AcmeClient, AcmeProblem
+from acme_ca.bench.client import AcmeClient, AcmeProblem, build_csr
 from acme_ca.bench.jws import PrivateKey, generate_key, jwk_of, sign_jws
 from acme_ca.service import AcmeService
-from acme_ca.storage.schema import orders
+from acme_ca.storage.schema import certificates, orders
 from acme_ca.testing import ChallengeTestServer
 from acme_ca.wfe.app import create_app
 from tests.acme_helpers import (
@@ -22,6 +22,7 @@ from tests.acme_helpers import (
     authz_ids_of,
     deactivate_account_mid_request,
     issue,
+    order_with_http01,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -129,6 +130,57 @@ async def test_account_deactivated_during_new_order_gets_nothing(
     async with storage.engines.reader.connect() as conn:
         made = await conn.execute(select(orders.c.id).where(orders.c.account_id == account_id))
         assert made.all() == []
+
+
+async def test_deactivation_cancels_the_accounts_pending_and_ready_orders(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, service: AcmeService
+) -> None:
+    """RFC 8555 §7.3.6: the server SHOULD cancel the account's pending operations, such
+    as certificate orders; a ready or pending order was left as it was (seen on a live
+    server: ready and pending orders of deactivated accounts, forever)."""
+    client = await make_client()
+    ready = await order_with_http01(client, ["ready.example.test"], challtestsrv)
+    pending = (await client.new_order(["pending.example.test"])).location
+    _, _, done = await issue(client, ["done.example.test"], challtestsrv)
+    await client.deactivate_account()
+    by_url = {ready["url"]: "invalid", pending or "": "invalid", done["url"]: "valid"}
+    async with service.storage.engines.reader.connect() as conn:
+        rows = await conn.execute(select(orders.c.id, orders.c.status))
+        status = {row.id: row.status for row in rows.all()}
+    assert {url: status[url.rsplit("/", 1)[-1]] for url in by_url} == by_url
+
+
+async def test_account_deactivated_during_finalize_gets_no_certificate(
+    make_client: ClientFactory,
+    challtestsrv: ChallengeTestServer,
+    service: AcmeService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 8555 §7.3.6: the finalize was verified while the account was valid; its
+    deactivation commits before the order moves to processing: no certificate. The
+    ready order used to be finalized and a certificate issued to the deactivated account."""
+    client = await make_client()
+    order = await order_with_http01(client, ["fin-meanwhile.example.test"], challtestsrv)
+    storage = service.storage
+    account_id = (client.kid or "").rsplit("/", 1)[-1]
+    blocked = storage.is_key_blocked
+
+    async def deactivated_meanwhile(spki_sha256: str) -> bool:
+        await storage.deactivate_account(account_id)
+        return await blocked(spki_sha256)
+
+    monkeypatch.setattr(storage, "is_key_blocked", deactivated_meanwhile)
+    csr = build_csr(generate_key("p256"), ["fin-meanwhile.example.test"])
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(order["finalize"], csr)
+    assert info.value.status == 403
+    assert info.value.type == ERR + "unauthorized"
+    assert info.value.detail == "Account is deactivated"
+    async with storage.engines.reader.connect() as conn:
+        issued = await conn.execute(
+            select(certificates.c.id).where(certificates.c.account_id == account_id)
+        )
+        assert issued.all() == []
 
 
 async def test_orders_list_is_paginated(make_client: ClientFactory, service: object) -> None:

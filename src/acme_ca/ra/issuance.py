@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.ca import CertificateProfile, check_csr
 from acme_ca.errors import AcmeError, ProblemType, server_internal, unauthorized
-from acme_ca.model import Account, Certificate, Order, OrderStatus
+from acme_ca.model import Account, AccountStatus, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
 from acme_ca.protocol.jws import import_public_jwk, public_key_of
 from acme_ca.ra.caa import CaaPolicy
@@ -80,6 +80,11 @@ class IssuanceService:
         if not await ctx.storage.begin_finalize(
             order.id, csr_der=csr_der, serial=serial, lease_until=lease
         ):
+            # RFC 8555 §7.3.6: a deactivation that committed after this request was
+            # verified cancelled the order; the answer is the deactivation's.
+            owner = await ctx.storage.get_account(account.id)
+            if owner is None or owner.status != AccountStatus.VALID:
+                raise unauthorized("Account is deactivated")
             current = await ctx.storage.get_order(order.id)
             status = current.status if current else "gone"
             raise AcmeError(

@@ -479,7 +479,16 @@ class Storage:
         )
 
     async def deactivate_account(self, account_id: str) -> None:
-        """RFC 8555 §7.3.6: also deactivates the account's pending authorizations."""
+        """RFC 8555 §7.3.6: also deactivates the account's pending authorizations and
+        cancels its pending and ready orders ("the server SHOULD cancel any pending
+        operations authorized by the account's key, such as certificate orders").
+
+        A finalize verified before this commits then finds its order no longer ready
+        (`begin_finalize` is guarded on `ready`), so no certificate is issued to a
+        deactivated account; one already `processing` was accepted before and ends."""
+        error = codec.error_to_json(
+            AcmeError(type=ProblemType.UNAUTHORIZED, detail="The account was deactivated")
+        )
 
         async def run(sql: Sql) -> None:
             await sql.send(
@@ -489,6 +498,10 @@ class Storage:
             await sql.send(
                 "UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
                 (AuthzStatus.DEACTIVATED, account_id, AuthzStatus.PENDING),
+            )
+            await sql.send(
+                "UPDATE orders SET status = ?, error = ? WHERE account_id = ? AND status IN (?, ?)",
+                (OrderStatus.INVALID, error, account_id, OrderStatus.PENDING, OrderStatus.READY),
             )
 
         await self._db.write(run)
