@@ -309,7 +309,9 @@ async def test_head_and_other_methods_on_post_only_resources_are_405(
             assert resp.status_code == 405, (method, path)
             assert resp.headers["allow"] == "POST"
             assert resp.headers["content-type"] == "application/problem+json"
-            assert resp.headers["replay-nonce"]
+            # RFC 8555 §6.5: nonces on answers to POST (and to other methods, as Boulder),
+            # none to a GET of another resource than newNonce.
+            assert ("replay-nonce" in resp.headers) is (method != "GET"), method
     # The plain GET resources refuse POST.
     for path in ("/terms", "/openapi.yaml"):
         resp = await http.post(path)

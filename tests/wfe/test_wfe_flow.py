@@ -48,6 +48,20 @@ async def test_new_nonce_head_200_and_get_204(http: httpx.AsyncClient) -> None:
     assert head.headers["replay-nonce"] != get.headers["replay-nonce"]
 
 
+async def test_no_nonce_on_get_but_for_new_nonce(http: httpx.AsyncClient) -> None:
+    # RFC 8555 §6.5 asks for nonces on answers to POST, §7.2 from newNonce; as Boulder, a GET
+    # of any other resource gets none: the Ruby gem acme-client before 2.0.16 reads the
+    # directory with no nonce store and crashed on one (unixcharles/acme-client#232).
+    for path in ("/directory", "/terms", "/openapi.yaml", "/acme/new-order", "/nowhere"):
+        resp = await http.get(path)
+        assert "replay-nonce" not in resp.headers, path
+        assert 'rel="index"' in resp.headers["link"], path
+    # HEAD and POST (any resource, errors included) still get one.
+    assert (await http.head("/directory")).headers["replay-nonce"]
+    assert (await http.post("/directory")).headers["replay-nonce"]
+    assert (await http.get("/acme/new-nonce")).headers["replay-nonce"]
+
+
 async def test_get_on_post_resource_is_405_with_allow(http: httpx.AsyncClient) -> None:
     resp = await http.get("/acme/new-order")
     assert resp.status_code == 405

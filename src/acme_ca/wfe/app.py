@@ -1,6 +1,7 @@
 """The front end's application: one route table, one wrapper for headers and errors.
 
-Every handler is registered here with its methods. The wrapper adds `Replay-Nonce`,
+Every handler is registered here with its methods. The wrapper adds `Replay-Nonce`
+(to every answer but those to a GET of another resource than newNonce),
 `Link: rel="index"` and `Cache-Control`, and is the one place where an `AcmeError`
 becomes a problem document and an unexpected exception becomes `serverInternal`
 with no internal detail (logged with a request id).
@@ -35,6 +36,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _OPENAPI = Path(__file__).with_name("openapi.yaml")
+_NEW_NONCE_PATH = "/acme/new-nonce"
 
 
 def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> None:
@@ -44,8 +46,11 @@ def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> N
     for i, (name, _) in enumerate(raw):
         if name == b"cache-control":
             cache_at = i
-    # RFC 8555 §6.5: a fresh nonce on every response, errors included.
-    raw.append((b"replay-nonce", fe.nonces.issue().encode("ascii")))
+    # RFC 8555 §6.5 requires a nonce on responses to POST (and §7.2 from newNonce), not
+    # to other GETs; as Boulder, none there: the Ruby acme-client gem before 2.0.16 crashes
+    # on a Replay-Nonce in the directory's answer (unixcharles/acme-client#232).
+    if request.method != "GET" or request.path == _NEW_NONCE_PATH:
+        raw.append((b"replay-nonce", fe.nonces.issue().encode("ascii")))
     # RFC 8555 §7.1: Link rel="index" to the directory, in a field line of its own beside
     # any other link: RFC 8288 §3 allows one line with a list too, but
     # golang.org/x/crypto/acme reads one link per line (as Boulder and Pebble send them).
@@ -252,7 +257,7 @@ def create_app(fe: FrontEnd) -> AcmeApp:
     post_only = ["POST"]
     routes_spec: list[tuple[str, Handler, list[str]]] = [
         ("/directory", accounts.directory, ["GET", "POST"]),
-        ("/acme/new-nonce", accounts.new_nonce, ["GET", "HEAD", "POST"]),
+        (_NEW_NONCE_PATH, accounts.new_nonce, ["GET", "HEAD", "POST"]),
         ("/terms", accounts.terms, ["GET"]),
         ("/acme/new-account", accounts.new_account, post_only),
         ("/acme/acct/{account_id}", accounts.account, post_only),
