@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from acme_ca.ca import check_csr
+from acme_ca.ca import check_csr, load_csr
 from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.policy.keys import KeyPolicy, spki_sha256
 
@@ -244,3 +244,44 @@ def test_two_common_names_are_bad_csr() -> None:
         .public_bytes(serialization.Encoding.DER)
     )
     assert "more than one common name" in refused(der, dns("a.example", "b.example"))
+
+
+def with_version(version: int, *, sign: bool = True) -> bytes:
+    """An RSA CSR for a.example whose PKCS#10 version is `version` (cryptography writes only
+    0), signed over that version unless `sign` is false. RSA: the signature's length is the
+    key's, so the DER's lengths do not change."""
+    der = make_csr(san_dns("a.example"), cn="a.example", key=rsa_key())
+    csr = x509.load_der_x509_csr(der)
+    tbs = csr.tbs_certrequest_bytes
+    start = der.index(tbs)
+    header = 2 if tbs[1] < 0x80 else 2 + (tbs[1] & 0x7F)
+    assert tbs[header : header + 3] == b"\x02\x01\x00"  # INTEGER 0
+    tbs = tbs[: header + 2] + bytes([version]) + tbs[header + 3 :]
+    signature = csr.signature
+    if sign:
+        signature = rsa_key().sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    assert der.endswith(csr.signature)
+    assert len(signature) == len(csr.signature)
+    return der[:start] + tbs + der[start + len(tbs) : -len(signature)] + signature
+
+
+def test_version_2_csr_is_read_as_boulder_does() -> None:
+    # Acme::Client::CertificateRequest (the Ruby gem before 2.0.19) writes version 2; it was a
+    # serverInternal (cryptography's InvalidVersion is no ValueError).
+    der = with_version(2)
+    csr = check(der, dns("a.example"))
+    assert spki_sha256(csr.public_key()) == spki_sha256(rsa_key().public_key())
+    assert load_csr(der).public_bytes(serialization.Encoding.DER) == csr.public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def test_version_2_csr_signature_is_checked_over_the_bytes_as_signed() -> None:
+    # Version 0 signed, then changed to 2: the signature no longer covers what was sent.
+    assert refused(with_version(2, sign=False), dns("a.example")) == "CSR signature is invalid"
+
+
+def test_other_csr_version_is_bad_csr() -> None:
+    assert (
+        refused(with_version(3), dns("a.example")) == "CSR version 3 is not 0 (v1, RFC 2986 §4.1)"
+    )

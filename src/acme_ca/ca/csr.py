@@ -11,19 +11,26 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.model import IdentifierType
 from acme_ca.policy.keys import KeyPolicy, check_public_key, spki_sha256
 
-__all__ = ["check_csr"]
+__all__ = ["check_csr", "load_csr"]
 
 # RFC 5280 upper bound (ub-common-name).
 _MAX_CN = 64
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+# RFC 2986 §4.1: the version is 0. The Ruby gem acme-client before 2.0.19
+# (Acme::Client::CertificateRequest; 2.0.9 in Debian 12) writes 2, a certificate's v3;
+# Boulder (Go's x509) ignores the field, and RFC 8555 §7.4 leaves a CSR's acceptability to
+# the CA. Such a CSR is read with its version octet set to 0, its signature checked over the
+# bytes as signed.
+_TOLERATED_VERSIONS = frozenset({1, 2})
 
 _Name = tuple[IdentifierType, str]
 
@@ -41,10 +48,12 @@ def check_csr(
     must be exactly the order's `identifiers`.
     """
     try:
-        csr = x509.load_der_x509_csr(csr_der)
+        csr, signed = _load(csr_der)
+    except x509.InvalidVersion as exc:
+        raise _bad_csr(f"CSR version {exc.parsed_version} is not 0 (v1, RFC 2986 §4.1)") from exc
     except ValueError as exc:
         raise _bad_csr("CSR is not a valid DER-encoded PKCS#10 request") from exc
-    _check_signature(csr)
+    _check_signature(csr, signed)
     try:
         public_key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -69,7 +78,56 @@ def check_csr(
     return csr
 
 
-def _check_signature(csr: x509.CertificateSigningRequest) -> None:
+def load_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
+    """Parse a CSR as `check_csr` does (a tolerated version is read as 0), checking nothing:
+    for a CSR that passed `check_csr` before (an issuance job taken up again)."""
+    return _load(csr_der)[0]
+
+
+def _load(csr_der: bytes) -> tuple[x509.CertificateSigningRequest, bytes | None]:
+    """The parsed CSR, and the signed CertificationRequestInfo bytes if they are not the
+    parsed CSR's own (a tolerated version). Raises ValueError or x509.InvalidVersion."""
+    try:
+        return x509.load_der_x509_csr(csr_der), None
+    except x509.InvalidVersion as exc:
+        if exc.parsed_version not in _TOLERATED_VERSIONS:
+            raise
+        info_start, version_at, info_end = _version_octet(csr_der)
+        if csr_der[version_at] != exc.parsed_version:
+            raise  # not where DER puts it: refuse rather than guess
+        read = bytearray(csr_der)
+        read[version_at] = 0  # same length: no other byte moves
+        return x509.load_der_x509_csr(bytes(read)), csr_der[info_start:info_end]
+
+
+def _version_octet(der: bytes) -> tuple[int, int, int]:
+    """(start of CertificationRequestInfo, offset of its one-octet version, end of it)."""
+    tag, outer, _ = _der_header(der, 0)
+    if tag != 0x30:
+        raise ValueError("CSR is not a SEQUENCE")
+    tag, info, info_length = _der_header(der, outer)
+    if tag != 0x30:
+        raise ValueError("CertificationRequestInfo is not a SEQUENCE")
+    tag, version, version_length = _der_header(der, info)
+    if tag != 0x02 or version_length != 1:
+        raise ValueError("CSR version is not a one-octet INTEGER")
+    return outer, version, info + info_length
+
+
+def _der_header(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, offset of the contents, length of the contents) of the DER element at `at`."""
+    if at + 2 > len(der):
+        raise ValueError("truncated DER")
+    tag, first = der[at], der[at + 1]
+    if first < 0x80:
+        return tag, at + 2, first
+    count = first & 0x7F
+    if not 1 <= count <= 4 or at + 2 + count > len(der):
+        raise ValueError("bad DER length")
+    return tag, at + 2 + count, int.from_bytes(der[at + 2 : at + 2 + count], "big")
+
+
+def _check_signature(csr: x509.CertificateSigningRequest, signed: bytes | None) -> None:
     try:
         algorithm = csr.signature_hash_algorithm
     except UnsupportedAlgorithm as exc:
@@ -79,11 +137,37 @@ def _check_signature(csr: x509.CertificateSigningRequest) -> None:
     if isinstance(algorithm, _WEAK_HASHES):
         raise _bad_csr(f"CSR signature algorithm uses {algorithm.name.upper()}, which is too weak")
     try:
-        valid = csr.is_signature_valid
+        valid = csr.is_signature_valid if signed is None else _signs(csr, signed, algorithm)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise _bad_csr("CSR signature cannot be verified") from exc
     if not valid:
         raise _bad_csr("CSR signature is invalid")
+
+
+def _signs(
+    csr: x509.CertificateSigningRequest, data: bytes, algorithm: hashes.HashAlgorithm | None
+) -> bool:
+    """Whether the CSR's signature, by its own key, is over `data`."""
+    key = csr.public_key()
+    parameters = csr.signature_algorithm_parameters
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            if algorithm is None or not isinstance(parameters, padding.PKCS1v15 | padding.PSS):
+                return False
+            key.verify(csr.signature, data, parameters, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if not isinstance(parameters, ec.ECDSA):
+                return False
+            key.verify(csr.signature, data, parameters)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            if parameters is not None or algorithm is not None:
+                return False
+            key.verify(csr.signature, data)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _san_names(csr: x509.CertificateSigningRequest) -> set[_Name]:

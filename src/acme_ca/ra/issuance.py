@@ -15,7 +15,7 @@ from dataclasses import replace
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from acme_ca.ca import CertificateProfile, check_csr
+from acme_ca.ca import CertificateProfile, check_csr, load_csr
 from acme_ca.errors import AcmeError, ProblemType, server_internal, unauthorized
 from acme_ca.model import Account, AccountStatus, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
@@ -109,7 +109,7 @@ class IssuanceService:
         if order.csr_der is None or serial is None:
             await ctx.storage.fail_order(order_id, server_internal("Order lost its CSR"))
             return
-        await self._issue(order, serial, x509.load_der_x509_csr(order.csr_der))
+        await self._issue(order, serial, load_csr(order.csr_der))
 
     async def _issue(
         self, order: Order, serial: str, csr: x509.CertificateSigningRequest
