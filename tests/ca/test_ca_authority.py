@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +24,7 @@ from acme_ca.ca import (
     create_ca,
     import_ca,
 )
+from acme_ca.ca.crl import shard_of
 from acme_ca.clock import FakeClock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.policy.keys import spki_sha256
@@ -220,11 +222,29 @@ def test_serial_is_used_and_new_serials_are_128_bit(ca: CertificateAuthority) ->
     serials = {CertificateAuthority.new_serial() for _ in range(200)}
     assert len(serials) == 200
     assert all(0 < s < 1 << 128 for s in serials)
-    assert max(s.bit_length() for s in serials) == 128
     csr = make_csr(ec_key(), dns("a.example"))
     issued = ca.issue(csr=csr, identifiers=dns("a.example"), serial=(1 << 128) - 1)
     assert issued.serial == (1 << 128) - 1
     assert x509.load_der_x509_certificate(issued.der).serial_number == (1 << 128) - 1
+
+
+def test_new_serials_carry_80_random_bits_after_the_time() -> None:
+    # CA/B BR §7.1: at least 64 bits from a CSPRNG, not sequential.
+    before = time.time_ns() // 1_000_000
+    serials = [CertificateAuthority.new_serial() for _ in range(500)]
+    after = time.time_ns() // 1_000_000
+    assert all(before <= s >> 80 <= after for s in serials)
+    assert len({s & ((1 << 80) - 1) for s in serials}) == 500
+    # The low bits pick the CRL shard: they are random, so shards fill evenly.
+    assert len({shard_of(s, 4) for s in serials}) == 4
+
+
+def test_new_serials_sort_by_time_as_stored() -> None:
+    # Stored as lowercase hex (`ra.issuance`): later serials sort after earlier ones.
+    earlier = [format(CertificateAuthority.new_serial(), "x") for _ in range(20)]
+    time.sleep(0.002)
+    later = [format(CertificateAuthority.new_serial(), "x") for _ in range(20)]
+    assert max(earlier) < min(later)
 
 
 def test_serial_out_of_range_refused(ca: CertificateAuthority) -> None:
