@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, Caddy and
-# golang.org/x/crypto/acme with Go (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, Caddy,
+# golang.org/x/crypto/acme with Go and the Ruby gem acme-client (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -75,6 +75,12 @@ if ! command -v acme-tiny >/dev/null 2>&1; then
     apt_install acme-tiny
 fi
 
+# The Ruby gem acme-client (Debian's ruby-acme-client, with ruby and Faraday)
+# (tests/interop/test_interop_ruby_acme_client.py).
+if ! command -v ruby >/dev/null 2>&1 || ! ruby -e 'require "acme-client"' >/dev/null 2>&1; then
+    apt_install ruby-acme-client
+fi
+
 # Caddy, whose ACME client is CertMagic/acmez (tests/interop/test_interop_caddy.py). The
 # tests run their own instance by PID; the package's service is not started.
 if ! command -v caddy >/dev/null 2>&1; then
@@ -130,3 +136,4 @@ echo "golang.org/x/crypto/acme: $(dpkg-query -W -f='${Version}' golang-golang-x-
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"
+echo "acme-client (gem): $(ruby -e 'require "acme-client"; print Acme::Client::VERSION') (package $(dpkg-query -W -f='${Version}' ruby-acme-client 2>/dev/null || echo unknown)) on ruby $(ruby -e 'print RUBY_VERSION')"
