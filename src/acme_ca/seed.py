@@ -140,7 +140,9 @@ def _flow_rows(
         },
     )
     identifiers = identifiers_to_json([Identifier(type=IdentifierType.DNS, value=name)])
-    serial = unique.hexa(index, 10).lstrip("0") or "1"
+    # As `CertificateAuthority.new_serial`: the time in ms, then 80 bits (here 32
+    # random + run + index).
+    serial = format((created // 1000) << 80 | int(unique.hexa(index, 4), 16), "x")
     yield (
         schema.authzs,
         {
