@@ -221,11 +221,11 @@ def _check_names_match(csr_names: set[_Name], identifiers: Sequence[Identifier])
     extra = csr_names - wanted
     problems = []
     if missing:
-        problems.append(f"missing the order's identifiers {_render(missing)}")
+        problems.append(f"is missing the order's identifiers {_render(missing)}")
     if extra:
         problems.append(f"has names not in the order {_render(extra)}")
     if problems:
-        raise _bad_csr("CSR names do not match the order: CSR is " + "; ".join(problems))
+        raise _bad_csr("CSR names do not match the order: CSR " + " and ".join(problems))
 
 
 def _normalize(ident: Identifier) -> _Name:
