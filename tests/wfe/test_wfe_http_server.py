@@ -244,6 +244,25 @@ async def test_unparsable_request_is_a_malformed_problem_and_closes(served: Serv
     assert answers[0][1]["connection"] == "close"
 
 
+@pytest.mark.parametrize("host", ["", "Host: a\r\nHost: b\r\n"], ids=["no host", "two hosts"])
+async def test_http11_request_without_exactly_one_host_is_refused(
+    served: Served, host: str
+) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks a Host
+    header field or has more than one; both were served (seen on the live server)."""
+    raw = await _exchange(served.port, f"GET /x HTTP/1.1\r\n{host}\r\n".encode())
+    answers = _responses(raw)
+    doc = _problem(answers[0], 400)
+    assert "Host" in doc["detail"]
+    assert answers[0][1]["connection"] == "close"
+    assert served.handler.seen == []
+
+
+async def test_http10_request_needs_no_host(served: Served) -> None:
+    raw = await _exchange(served.port, b"GET /x HTTP/1.0\r\n\r\n")
+    assert _responses(raw)[0][0] == 200
+
+
 async def test_unparsable_request_after_a_good_one_is_answered_after_it(served: Served) -> None:
     raw = await _exchange(served.port, _get("/slow") + b"\x00\x01 garbage\r\n\r\n")
     answers = _responses(raw)
@@ -369,7 +388,9 @@ async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> 
     async with _serving() as info:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        raw = await _exchange(info.port, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        raw = await _exchange(
+            info.port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
+        )
         assert raw == b""
         assert loop.time() - started < 2.0  # dropped, not kept until the 3 s wait
         assert info.handler.seen == []
@@ -389,7 +410,7 @@ async def test_stalled_tls_request_frees_its_connection_at_once(
         raw = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", info.port))
         wrapped = await asyncio.to_thread(client.wrap_socket, raw, server_hostname="localhost")
         try:
-            wrapped.sendall(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+            wrapped.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
             await asyncio.sleep(0.1)
             assert len(info.state.connections) == 1
             loop = asyncio.get_running_loop()

@@ -271,6 +271,11 @@ class AcmeHttpProtocol(asyncio.Protocol):
         if declared is not None and declared > self._max_body:
             self._refusal = body_too_large(self._max_body)
             raise _Refused
+        if self._parser.get_http_version() != "1.0" and self._host_fields() != 1:
+            # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks
+            # a Host header field or has more than one.
+            self._refusal = malformed("An HTTP/1.1 request needs exactly one Host header field")
+            raise _Refused
         if self._transport is None or self._busy or self._queue:
             return  # an interim answer would land between earlier answers
         for name, value in self._headers:
@@ -409,6 +414,9 @@ class AcmeHttpProtocol(asyncio.Protocol):
                 status=431,
             )
             raise _Refused
+
+    def _host_fields(self) -> int:
+        return sum(1 for name, _ in self._headers if name == b"host")
 
     def _declared_length(self) -> int | None:
         for name, value in self._headers:
