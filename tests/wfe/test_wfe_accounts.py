@@ -150,26 +150,29 @@ async def test_deactivation_cancels_the_accounts_pending_and_ready_orders(
     assert {url: status[url.rsplit("/", 1)[-1]] for url in by_url} == by_url
 
 
+@pytest.mark.parametrize("moment", ["get_order", "is_key_blocked"])
 async def test_account_deactivated_during_finalize_gets_no_certificate(
     make_client: ClientFactory,
     challtestsrv: ChallengeTestServer,
     service: AcmeService,
     monkeypatch: pytest.MonkeyPatch,
+    moment: str,
 ) -> None:
     """RFC 8555 §7.3.6: the finalize was verified while the account was valid; its
-    deactivation commits before the order moves to processing: no certificate. The
-    ready order used to be finalized and a certificate issued to the deactivated account."""
+    deactivation commits before the order is read, or before it moves to processing:
+    no certificate, and the answer is the deactivation's. The ready order used to be
+    finalized and a certificate issued to the deactivated account."""
     client = await make_client()
     order = await order_with_http01(client, ["fin-meanwhile.example.test"], challtestsrv)
     storage = service.storage
     account_id = (client.kid or "").rsplit("/", 1)[-1]
-    blocked = storage.is_key_blocked
+    original = getattr(storage, moment)
 
-    async def deactivated_meanwhile(spki_sha256: str) -> bool:
+    async def deactivated_meanwhile(arg: str) -> object:
         await storage.deactivate_account(account_id)
-        return await blocked(spki_sha256)
+        return await original(arg)
 
-    monkeypatch.setattr(storage, "is_key_blocked", deactivated_meanwhile)
+    monkeypatch.setattr(storage, moment, deactivated_meanwhile)
     csr = build_csr(generate_key("p256"), ["fin-meanwhile.example.test"])
     with pytest.raises(AcmeProblem) as info:
         await client.finalize(order["finalize"], csr)

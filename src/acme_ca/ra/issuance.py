@@ -55,6 +55,8 @@ class IssuanceService:
         if order.account_id != account.id:
             raise unauthorized("Order belongs to another account")
         if order.status != OrderStatus.READY:
+            # A deactivation since the request was verified cancelled the order.
+            await self._require_valid_account(account.id)
             # RFC 8555 §7.4: finalize only a ready order.
             raise AcmeError(
                 type=ProblemType.ORDER_NOT_READY,
@@ -80,11 +82,7 @@ class IssuanceService:
         if not await ctx.storage.begin_finalize(
             order.id, csr_der=csr_der, serial=serial, lease_until=lease
         ):
-            # RFC 8555 §7.3.6: a deactivation that committed after this request was
-            # verified cancelled the order; the answer is the deactivation's.
-            owner = await ctx.storage.get_account(account.id)
-            if owner is None or owner.status != AccountStatus.VALID:
-                raise unauthorized("Account is deactivated")
+            await self._require_valid_account(account.id)
             current = await ctx.storage.get_order(order.id)
             status = current.status if current else "gone"
             raise AcmeError(
@@ -98,6 +96,13 @@ class IssuanceService:
         final = await ctx.storage.get_order(order.id)
         assert final is not None
         return final
+
+    async def _require_valid_account(self, account_id: str) -> None:
+        """RFC 8555 §7.3.6: a deactivation that committed after the request was verified
+        cancelled the account's orders; the answer is the deactivation's, as newOrder's."""
+        owner = await self._ctx.storage.get_account(account_id)
+        if owner is None or owner.status != AccountStatus.VALID:
+            raise unauthorized("Account is deactivated")
 
     async def issue(self, order_id: str) -> None:
         """Sign and store the certificate of a processing order; idempotent (job resumption)."""
