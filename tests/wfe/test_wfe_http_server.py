@@ -258,6 +258,43 @@ async def test_http11_request_without_exactly_one_host_is_refused(
     assert served.handler.seen == []
 
 
+@pytest.mark.parametrize("request_line", [b"GET /x HTTP/2.0\r\nHost: x\r\n\r\n", b"GET /x\r\n\r\n"])
+async def test_other_http_versions_are_refused(served: Served, request_line: bytes) -> None:
+    """RFC 9110 §15.6.6: 505 for a version the server does not speak; the parser took an
+    "HTTP/2.0" line and a bare request line (HTTP/0.9) for requests to serve."""
+    answers = _responses(await _exchange(served.port, request_line))
+    doc = _problem(answers[0], 505)
+    assert "HTTP/1.1" in doc["detail"]
+    assert answers[0][1]["connection"] == "close"
+    assert served.handler.seen == []
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked"])
+async def test_transfer_codings_other_than_chunked_are_refused(
+    served: Served, coding: bytes
+) -> None:
+    """RFC 9112 §6.1: a transfer coding the server does not understand SHOULD get 501;
+    "gzip, chunked" was read as plain chunked."""
+    data = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n0\r\n\r\n"
+    answers = _responses(await _exchange(served.port, data))
+    _problem(answers[0], 501)
+    assert served.handler.seen == []
+
+
+async def test_chunked_trailer_fields_are_not_request_headers(served: Served) -> None:
+    """RFC 9110 §6.5.1: a trailer is not merged into the header section."""
+    data = (
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nContent-Type: text/evil\r\n\r\n"
+    )
+    answers = _responses(await _exchange(served.port, data))
+    assert answers[0][0] == 200
+    (request,) = served.handler.seen
+    assert request.body == b"abc"
+    assert request.headers.get("x-trailer") is None
+    assert request.headers.get("content-type") is None
+
+
 async def test_http10_request_needs_no_host(served: Served) -> None:
     raw = await _exchange(served.port, b"GET /x HTTP/1.0\r\n\r\n")
     assert _responses(raw)[0][0] == 200

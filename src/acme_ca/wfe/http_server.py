@@ -183,6 +183,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._method = "GET"
+        self._headers_done = False
 
     # asyncio.Protocol
 
@@ -254,6 +255,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._method = "GET"
+        self._headers_done = False
         self._mid_request = True
         self._arm(REQUEST_TIMEOUT)
 
@@ -263,15 +265,40 @@ class AcmeHttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_header_bytes(len(name) + len(value) + 4)
+        if self._headers_done:
+            # A chunked body's trailer: RFC 9110 §6.5.1, not merged into the header
+            # section (no field here is defined to allow it), so not read at all.
+            return
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         self._method = self._parser.get_method().decode("ascii", "replace")
+        version = self._parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # RFC 9110 §15.6.6: the parser also reads "HTTP/2.0" and a bare request line
+            # (0.9); this server speaks HTTP/1.x only.
+            self._refusal = AcmeError(
+                type=ProblemType.MALFORMED,
+                detail=f"HTTP version {version} is not supported; use HTTP/1.1",
+                status=505,
+            )
+            raise _Refused
+        codings = self._transfer_codings()
+        if codings is not None and codings != [b"chunked"]:
+            # RFC 9112 §6.1: a transfer coding the server does not understand SHOULD
+            # be answered 501; only chunked is (the parser read others as chunked).
+            self._refusal = AcmeError(
+                type=ProblemType.MALFORMED,
+                detail="Only the chunked transfer coding is supported",
+                status=501,
+            )
+            raise _Refused
         declared = self._declared_length()
         if declared is not None and declared > self._max_body:
             self._refusal = body_too_large(self._max_body)
             raise _Refused
-        if self._parser.get_http_version() != "1.0" and self._host_fields() != 1:
+        if version != "1.0" and self._host_fields() != 1:
             # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks
             # a Host header field or has more than one.
             self._refusal = malformed("An HTTP/1.1 request needs exactly one Host header field")
@@ -417,6 +444,16 @@ class AcmeHttpProtocol(asyncio.Protocol):
 
     def _host_fields(self) -> int:
         return sum(1 for name, _ in self._headers if name == b"host")
+
+    def _transfer_codings(self) -> list[bytes] | None:
+        """The request's transfer codings, in order; None without Transfer-Encoding."""
+        codings: list[bytes] | None = None
+        for name, value in self._headers:
+            if name == b"transfer-encoding":
+                codings = (codings or []) + [
+                    c.strip().lower() for c in value.split(b",") if c.strip()
+                ]
+        return codings
 
     def _declared_length(self) -> int | None:
         for name, value in self._headers:
