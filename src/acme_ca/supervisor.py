@@ -3,10 +3,17 @@
 uvicorn's own multi-worker mode shares one listening socket; whichever worker wakes
 first accepts, and long-lived keep-alive connections opened in a burst all land on
 one worker (measured: 31 of 32 connections, one worker at 9 s of CPU and the other
-at 0.02 s). Here every worker binds the port with SO_REUSEPORT, so the kernel
-spreads connections across workers by hash. The supervisor checks first that the
-port is free (an exclusive bind), restarts a worker that dies, and stops them all
-on SIGTERM/SIGINT.
+at 0.02 s). Here every worker has a listening socket of its own on the port
+(SO_REUSEPORT), so the kernel spreads connections across workers by hash.
+
+The supervisor checks first that the port is free (an exclusive bind), then binds
+all the workers' sockets itself before it starts any worker, and keeps them: a
+worker gets its socket at start. So connections made while the last workers are
+still starting wait in their own socket's backlog instead of all landing on the
+first worker up (seen: all 8 keep-alive connections of a benchmark on one worker),
+and those waiting in a dead worker's backlog are answered by its replacement
+instead of being reset. It restarts a worker that dies and stops them all on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -74,12 +81,17 @@ def run_single(spec: WorkerSpec) -> None:
     uvicorn.Server(_config(spec)).run()
 
 
-def _worker_main(spec: WorkerSpec) -> None:
+def _listening_socket(spec: WorkerSpec) -> socket.socket:
+    """One worker's socket on the shared port (SO_REUSEPORT), listening already."""
     sock = socket.socket(_family(spec.host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((spec.host, spec.port))
     sock.listen(2048)
+    return sock
+
+
+def _worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
     uvicorn.Server(_config(spec)).run(sockets=[sock])
 
 
@@ -88,9 +100,13 @@ def run_workers(spec: WorkerSpec, workers: int) -> None:
     _check_port_free(spec)
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
+    # Every socket listens before any worker starts, and outlives its worker.
+    sockets = [_listening_socket(spec) for _ in range(workers)]
 
-    def start() -> BaseProcess:
-        process = context.Process(target=_worker_main, args=(spec,), name="acme-ca-worker")
+    def start(index: int) -> BaseProcess:
+        process = context.Process(
+            target=_worker_main, args=(spec, sockets[index]), name="acme-ca-worker"
+        )
         process.start()
         return process
 
@@ -98,7 +114,7 @@ def run_workers(spec: WorkerSpec, workers: int) -> None:
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    processes = [start() for _ in range(workers)]
+    processes = [start(index) for index in range(workers)]
     try:
         while not stopping.wait(0.5):
             for index, process in enumerate(processes):
@@ -106,8 +122,12 @@ def run_workers(spec: WorkerSpec, workers: int) -> None:
                     log.warning(
                         "worker %s exited with %s; restarting", process.pid, process.exitcode
                     )
-                    processes[index] = start()
+                    processes[index] = start(index)
     finally:
+        # The port stops taking connections first: the workers' sockets close with
+        # them once the supervisor's copies are gone.
+        for sock in sockets:
+            sock.close()
         for process in processes:
             if process.is_alive():
                 process.terminate()

@@ -7,14 +7,18 @@ failing, so the workers take turns rather than erring with "database is locked".
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.scale.conftest import Cluster
-from tests.scale.scale_support import FlowResult, db_facts, run_flows
+from tests.scale.scale_support import LOOPBACK, FlowResult, db_facts, run_flows, tls_context
 
 pytestmark = [pytest.mark.slow]
 
@@ -59,3 +63,54 @@ async def test_workers_share_one_sqlite_file(
     # The log format carries the PID: more than one worker issued.
     issuers = set(re.findall(r"^\S+ \S+ (\d+) acme_ca\.ra\.issuance issued", log, re.MULTILINE))
     assert len(issuers) >= 2, issuers
+
+
+def _workers(pid: int) -> list[int]:
+    """The serving workers among the supervisor's children (not the resource tracker)."""
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(child)
+    return found
+
+
+async def test_connections_waiting_for_a_dead_worker_are_answered_by_its_replacement(
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """The supervisor holds every worker's listening socket: connections the kernel put
+    in a worker's backlog survive that worker's death and its replacement answers them
+    (they were reset when the socket died with its worker)."""
+    database = f"sqlite:///{tmp_path / 'data' / 'acme-ca.db'}"
+    cluster = cluster_factory(database)
+    (server,) = await cluster.start(1, workers=2)
+    assert server.proc is not None
+    workers = _workers(server.proc.pid)
+    assert len(workers) == 2
+    victim = workers[0]
+    os.kill(victim, signal.SIGSTOP)  # it accepts nothing from now on
+    try:
+        # A connection per request, none retried: the kernel hashes each new connection
+        # to one of the two sockets, so about half of them wait in the stopped worker's
+        # backlog.
+        http = httpx.AsyncClient(
+            verify=tls_context(cluster.data_dir),
+            limits=httpx.Limits(max_keepalive_connections=0),
+            timeout=60,
+        )
+        url = f"https://{LOOPBACK}:{server.port}/directory"
+        pending = [asyncio.create_task(http.get(url)) for _ in range(24)]
+        await asyncio.sleep(1.0)
+        answered_early = sum(task.done() for task in pending)
+        assert answered_early < len(pending), "no connection waited for the stopped worker"
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    try:
+        responses = await asyncio.wait_for(asyncio.gather(*pending), timeout=60)
+    finally:
+        await http.aclose()
+    assert [r.status_code for r in responses] == [200] * len(pending)
+    assert victim not in _workers(server.proc.pid)
