@@ -131,6 +131,15 @@ def unauthorized(detail: str) -> AcmeError:
     return AcmeError(type=ProblemType.UNAUTHORIZED, detail=detail)
 
 
+def account_not_valid(status: str = "deactivated") -> AcmeError:
+    """A request of an account that is no longer valid.
+
+    RFC 8555 §7.3.6: 401 with type unauthorized (as ZeroSSL; Boulder and Pebble send 403,
+    and every client tested reads the type, not the status).
+    """
+    return AcmeError(type=ProblemType.UNAUTHORIZED, detail=f"Account is {status}", status=401)
+
+
 def not_found(detail: str = "Resource not found") -> AcmeError:
     return AcmeError(type=ProblemType.NOT_FOUND, detail=detail)
 

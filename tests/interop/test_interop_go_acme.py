@@ -295,10 +295,9 @@ def test_go_account_key_rollover(http01_run: Result) -> None:
 def test_go_account_deactivation(run: str, request: pytest.FixtureRequest) -> None:
     result: Result = request.getfixturevalue(run)
     assert result["deactivateError"] is None
-    # RFC 8555 §7.3.6: no further requests signed by a deactivated account's key; 403 as
-    # in Boulder and Pebble.
+    # RFC 8555 §7.3.6: no further requests signed by a deactivated account's key: 401.
     problem = _problem(result["afterDeactivation"])
-    assert (problem["statusCode"], problem["problemType"]) == (403, ERR + "unauthorized")
+    assert (problem["statusCode"], problem["problemType"]) == (401, ERR + "unauthorized")
 
 
 # -- orders, challenges, certificates -------------------------------------------------------

@@ -249,9 +249,8 @@ def test_node_account_deactivation(run: str, request: pytest.FixtureRequest) -> 
     after = result["afterDeactivation"]
     assert after["accepted"] is False
     assert _problem_type(after) == "urn:ietf:params:acme:error:unauthorized", after
-    # 403 as in Boulder and Pebble: 401 would require a WWW-Authenticate challenge (RFC 9110
-    # §15.5.2), which ACME does not use.
-    assert after["problem"]["status"] == 403
+    # RFC 8555 §7.3.6: 401.
+    assert after["problem"]["status"] == 401
 
 
 def test_node_account_key_rollover(http01_run: Result) -> None:

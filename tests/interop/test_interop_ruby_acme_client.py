@@ -308,9 +308,8 @@ def test_ruby_account_key_change(http01_run: Result) -> None:
 def test_ruby_account_deactivation(run: str, request: pytest.FixtureRequest) -> None:
     result: Result = request.getfixturevalue(run)
     assert result["deactivatedStatus"] == "deactivated"
-    # RFC 8555 §7.3.6: no further requests signed by a deactivated account's key; 403 as in
-    # Boulder and Pebble (401 would need a WWW-Authenticate challenge, RFC 9110 §15.5.2).
-    _assert_refused(result["afterDeactivation"], "unauthorized", 403)
+    # RFC 8555 §7.3.6: no further requests signed by a deactivated account's key: 401.
+    _assert_refused(result["afterDeactivation"], "unauthorized", 401)
     assert result["afterDeactivation"]["errorClass"] == "Acme::Client::Error::Unauthorized"
 
 

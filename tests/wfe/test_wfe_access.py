@@ -1,7 +1,7 @@
 """Access control, and the request-gate rules test_wfe_gate.py leaves out (RFC 8555 §6, §7).
 
 An account reaches only its own resources; another account's is `unauthorized`
-(403), a resource that does not exist 404. A deactivated account can do nothing,
+(403), a resource that does not exist 404. A deactivated account can do nothing (401),
 an expired authorization cannot be validated. Gate rules here: expired nonce,
 retry with the badNonce response's nonce, POST-as-GET payloads, Content-Type
 parameters, HEAD on POST-only resources, tampered pagination cursors.
@@ -167,7 +167,8 @@ async def test_deactivated_account_can_do_nothing(
     ]
     for url, payload in attempts:
         problem = await _problem_of(client.post(url, payload))
-        assert (problem.status, problem.type) == (403, ERR + "unauthorized"), (url, problem)
+        # RFC 8555 §7.3.6: 401 unauthorized for any request of a deactivated account.
+        assert (problem.status, problem.type) == (401, ERR + "unauthorized"), (url, problem)
     # RFC 8555 §7.3.6: not even newAccount's lookup answers for the key.
     for only_existing in (False, True):
         problem = await _problem_of(client.new_account(only_existing=only_existing))

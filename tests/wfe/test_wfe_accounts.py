@@ -123,7 +123,7 @@ async def test_account_deactivated_during_new_order_gets_nothing(
     deactivate_account_mid_request(storage, monkeypatch)
     with pytest.raises(AcmeProblem) as info:
         await client.new_order(["meanwhile.example.test"])
-    assert info.value.status == 403
+    assert info.value.status == 401
     assert info.value.type == ERR + "unauthorized"
     assert info.value.detail == "Account is deactivated"
     assert await authz_ids_of(storage, account_id) == []
@@ -176,7 +176,7 @@ async def test_account_deactivated_during_finalize_gets_no_certificate(
     csr = build_csr(generate_key("p256"), ["fin-meanwhile.example.test"])
     with pytest.raises(AcmeProblem) as info:
         await client.finalize(order["finalize"], csr)
-    assert info.value.status == 403
+    assert info.value.status == 401
     assert info.value.type == ERR + "unauthorized"
     assert info.value.detail == "Account is deactivated"
     async with storage.engines.reader.connect() as conn:

@@ -106,7 +106,7 @@ async def test_account_deactivated_during_new_authz_gets_nothing(
         account_id = (client.kid or "").rsplit("/", 1)[-1]
         with pytest.raises(AcmeProblem) as info:
             await _new_authz(client, "meanwhile.example.test")
-    assert info.value.status == 403
+    assert info.value.status == 401
     assert info.value.type == "urn:ietf:params:acme:error:unauthorized"
     assert info.value.detail == "Account is deactivated"
     assert await authz_ids_of(storage, account_id) == []

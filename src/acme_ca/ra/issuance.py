@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from acme_ca.ca import CertificateProfile, check_csr, load_csr
-from acme_ca.errors import AcmeError, ProblemType, server_internal, unauthorized
+from acme_ca.errors import AcmeError, ProblemType, account_not_valid, server_internal, unauthorized
 from acme_ca.model import Account, AccountStatus, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
 from acme_ca.protocol.jws import import_public_jwk, public_key_of
@@ -102,7 +102,7 @@ class IssuanceService:
         cancelled the account's orders; the answer is the deactivation's, as newOrder's."""
         owner = await self._ctx.storage.get_account(account_id)
         if owner is None or owner.status != AccountStatus.VALID:
-            raise unauthorized("Account is deactivated")
+            raise account_not_valid()
 
     async def issue(self, order_id: str) -> None:
         """Sign and store the certificate of a processing order; idempotent (job resumption)."""

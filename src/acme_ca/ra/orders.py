@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from acme_ca.errors import AcmeError, Identifier, ProblemType, malformed, unauthorized
+from acme_ca.errors import (
+    AcmeError,
+    Identifier,
+    ProblemType,
+    account_not_valid,
+    malformed,
+    unauthorized,
+)
 from acme_ca.model import (
     Account,
     Authorization,
@@ -118,7 +125,7 @@ class OrderService:
             outcome = await ctx.storage.create_order(order, new_authzs)
         if outcome == "account deactivated":
             # RFC 8555 §7.3.6: deactivated after this request was verified.
-            raise unauthorized("Account is deactivated")
+            raise account_not_valid()
         if outcome == "replaced":
             raise already_replaced()
         assert outcome == "created", outcome
@@ -206,7 +213,7 @@ class OrderService:
         authz = self._new_authz(account, normalized, wildcard=False, now=now)
         if not await self._policy_store.create_authz(authz):
             # RFC 8555 §7.3.6: deactivated after this request was verified.
-            raise unauthorized("Account is deactivated")
+            raise account_not_valid()
         return authz, True
 
     def _new_authz(

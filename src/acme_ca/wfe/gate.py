@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from acme_ca.errors import AcmeError, ProblemType, malformed, unauthorized
+from acme_ca.errors import AcmeError, ProblemType, account_not_valid, malformed
 from acme_ca.model import Account, AccountStatus
 from acme_ca.nonces import NonceService
 from acme_ca.protocol.jws import (
@@ -160,7 +160,7 @@ class Gate:
             )
         if account.status != AccountStatus.VALID:
             # RFC 8555 §7.3.6: no requests are accepted for a deactivated account.
-            raise unauthorized(f"Account is {account.status}")
+            raise account_not_valid(account.status)
         return account
 
     async def verify(
