@@ -315,3 +315,49 @@ def test_load_refuses_mismatched_key(tmp_path: Path, ca_dir: Path, clock: FakeCl
     (tmp_path / "intermediate-key.pem").write_bytes((ca_dir / "root-key.pem").read_bytes())
     with pytest.raises(ValueError, match="does not match"):
         CertificateAuthority.load(tmp_path, clock=clock)
+
+
+def _must_staple_csr(identifiers: Sequence[Identifier]) -> x509.CertificateSigningRequest:
+    sans = [x509.DNSName(i.value) for i in identifiers]
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+        .sign(ec_key(), hashes.SHA256())
+    )
+
+
+def test_must_staple_requested_in_the_csr_is_in_the_certificate(
+    ca: CertificateAuthority,
+) -> None:
+    # RFC 7633 §4.1: TLS feature status_request, copied from the CSR, not critical.
+    csr = _must_staple_csr(dns("staple.example"))
+    issued = ca.issue(csr=csr, identifiers=dns("staple.example"), serial=ca.new_serial())
+    cert = x509.load_der_x509_certificate(issued.der)
+    feature = cert.extensions.get_extension_for_class(x509.TLSFeature)
+    assert list(feature.value) == [x509.TLSFeatureType.status_request]
+    assert feature.critical is False
+
+
+def test_no_must_staple_unless_the_csr_asks(ca: CertificateAuthority) -> None:
+    _, cert = issue(ca, dns("plain.example"))
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.TLSFeature)
+
+
+def test_must_staple_refused_where_leaves_name_no_ocsp_responder(
+    ca: CertificateAuthority, ca_dir: Path, clock: FakeClock
+) -> None:
+    csr = _must_staple_csr(dns("staple.example"))
+    no_pointers = CertificateProfile(revocation_pointers=False)
+    without_ocsp = CertificateAuthority.load(ca_dir, clock=clock, issuer_url=ISSUER_URL)
+    for authority, profile in ((ca, no_pointers), (without_ocsp, CertificateProfile())):
+        assert not authority.can_staple(profile)
+        with pytest.raises(AcmeError) as info:
+            authority.issue(
+                csr=csr, identifiers=dns("staple.example"), serial=ca.new_serial(), profile=profile
+            )
+        assert info.value.type is ProblemType.BAD_CSR
+        assert "Must-Staple" in info.value.detail
+    assert ca.can_staple(CertificateProfile())

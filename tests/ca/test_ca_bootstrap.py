@@ -349,4 +349,6 @@ def test_public_api_is_pinned() -> None:
         "import_ca",
         "issue_tls_certificate",
         "check_csr",
+        "load_csr",
+        "requests_must_staple",
     }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from acme_ca.bench.client import AcmeClient, AcmeProblem, build_csr
@@ -97,3 +99,55 @@ async def test_configured_profile_and_its_max_names(
         _, cert = await _issue_with_profile(client, "a.small.test", None, challtestsrv)
         lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
         assert lifetime.days == 10
+
+
+def _must_staple_csr(name: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+async def _ready_order(
+    client: AcmeClient, name: str, profile: str | None, cts: ChallengeTestServer
+) -> tuple[str, str]:
+    resp = await client.new_order([name], profile=profile)
+    authz = (await client.post_as_get(resp.body["authorizations"][0])).body
+    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    cts.add_http01(chall["token"], client.key_authorization(chall["token"]))
+    await client.respond_challenge(chall["url"])
+    assert resp.location is not None
+    await client.poll(resp.location, until={"ready"}, timeout=10)
+    return resp.location, resp.body["finalize"]
+
+
+async def test_must_staple_csr_gets_a_must_staple_certificate(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    # RFC 7633: what certbot --must-staple asks for, on a profile whose leaves name OCSP.
+    client = await make_client()
+    _, finalize = await _ready_order(client, "staple.profile.test", None, challtestsrv)
+    final = await client.finalize(finalize, _must_staple_csr("staple.profile.test"))
+    pem = (await client.download_certificate(final.body["certificate"])).content
+    cert = x509.load_pem_x509_certificates(pem)[0]
+    feature = cert.extensions.get_extension_for_class(x509.TLSFeature).value
+    assert list(feature) == [x509.TLSFeatureType.status_request]
+
+
+async def test_must_staple_on_a_profile_without_ocsp_is_bad_csr_and_the_order_stays_ready(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer
+) -> None:
+    client = await make_client()
+    location, finalize = await _ready_order(
+        client, "staple-short.profile.test", "shortlived", challtestsrv
+    )
+    with pytest.raises(AcmeProblem) as info:
+        await client.finalize(finalize, _must_staple_csr("staple-short.profile.test"))
+    assert info.value.type == "urn:ietf:params:acme:error:badCSR"
+    assert "Must-Staple" in info.value.detail
+    assert (await client.post_as_get(location)).body["status"] == "ready"

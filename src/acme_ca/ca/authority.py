@@ -32,6 +32,7 @@ from acme_ca.ca.bootstrap import (
     leaf_key_usage,
     signature_hash,
 )
+from acme_ca.ca.csr import requests_must_staple
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.model import IdentifierType
@@ -115,6 +116,7 @@ class CertificateAuthority:
             crl_url = None
         self._static_extensions = _static_extensions(issuer_url, ocsp_url, crl_url)
         self._no_revocation_extensions = _static_extensions(issuer_url, None, None)
+        self._ocsp_url = ocsp_url
 
     @classmethod
     def load(
@@ -186,6 +188,11 @@ class CertificateAuthority:
         (`ra.context.new_id`); the low bits, which pick a CRL shard, are random."""
         return (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
 
+    def can_staple(self, profile: CertificateProfile) -> bool:
+        """Whether leaves of `profile` name an OCSP responder, so that they can carry
+        OCSP Must-Staple (RFC 7633)."""
+        return bool(self._ocsp_url) and profile.revocation_pointers
+
     def issue(
         self,
         *,
@@ -252,6 +259,17 @@ class CertificateAuthority:
             shard = crl.shard_of(serial, self._crl_shards)
             url = crl.fill_url(self._sharded_crl_url, issuer=self._issuer_id, shard=shard)
             builder = builder.add_extension(_crl_distribution_points(url), critical=False)
+        if requests_must_staple(csr):
+            if not self.can_staple(profile):
+                raise AcmeError(
+                    type=ProblemType.BAD_CSR,
+                    detail="CSR asks for OCSP Must-Staple, but this profile's certificates "
+                    "name no OCSP responder",
+                )
+            # RFC 7633 §4.1: the TLS feature status_request, not marked critical.
+            builder = builder.add_extension(
+                x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False
+            )
         cert = builder.sign(self._key, self._hash)
         leaf_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         return IssuedCertificate(

@@ -20,7 +20,7 @@ from acme_ca.errors import AcmeError, Identifier, ProblemType
 from acme_ca.model import IdentifierType
 from acme_ca.policy.keys import KeyPolicy, check_public_key, spki_sha256
 
-__all__ = ["check_csr", "load_csr"]
+__all__ = ["check_csr", "load_csr", "requests_must_staple"]
 
 # RFC 5280 upper bound (ub-common-name).
 _MAX_CN = 64
@@ -76,6 +76,16 @@ def check_csr(
         names.add(cn)
     _check_names_match(names, identifiers)
     return csr
+
+
+def requests_must_staple(csr: x509.CertificateSigningRequest) -> bool:
+    """The CSR asks for OCSP Must-Staple: a TLS Feature extension with status_request in
+    its extension request (what certbot --must-staple and acme.sh --ocsp-must-staple send)."""
+    try:
+        feature = csr.extensions.get_extension_for_class(x509.TLSFeature)
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return x509.TLSFeatureType.status_request in feature.value
 
 
 def load_csr(csr_der: bytes) -> x509.CertificateSigningRequest:

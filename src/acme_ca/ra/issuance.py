@@ -15,7 +15,7 @@ from dataclasses import replace
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from acme_ca.ca import CertificateProfile, check_csr, load_csr
+from acme_ca.ca import CertificateProfile, check_csr, load_csr, requests_must_staple
 from acme_ca.errors import AcmeError, ProblemType, account_not_valid, server_internal, unauthorized
 from acme_ca.model import Account, AccountStatus, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
@@ -75,6 +75,13 @@ class IssuanceService:
                 type=ProblemType.BAD_CSR,
                 detail="CSR key is blocked: a certificate for it was revoked for keyCompromise",
             )
+        if requests_must_staple(csr) and not ctx.ca.can_staple(self._profile(order)):
+            # Refused before the order is processing: it stays ready for another CSR.
+            raise AcmeError(
+                type=ProblemType.BAD_CSR,
+                detail="CSR asks for OCSP Must-Staple, but this profile's certificates "
+                "name no OCSP responder",
+            )
         # RFC 8659 §3: CAA again for identifiers validated longer ago than the set age.
         await self._caa.recheck_order(order, ctx.clock.now())
         serial = format(ctx.ca.new_serial(), "x")
@@ -116,13 +123,17 @@ class IssuanceService:
             return
         await self._issue(order, serial, load_csr(order.csr_der))
 
+    def _profile(self, order: Order) -> CertificateProfile:
+        settings = self._ctx.settings
+        name = order.profile or settings.default_profile
+        return settings.profiles.get(name, CertificateProfile())
+
     async def _issue(
         self, order: Order, serial: str, csr: x509.CertificateSigningRequest
     ) -> Order | None:
         """Sign with the recorded serial and store; the valid order, or None if not issued."""
         ctx = self._ctx
-        profile_name = order.profile or ctx.settings.default_profile
-        profile = ctx.settings.profiles.get(profile_name, CertificateProfile())
+        profile = self._profile(order)
         try:
             # One signature is well under a millisecond for the default ECDSA
             # issuer: cheaper inline than a thread hop.
