@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -34,8 +33,8 @@ from tests.interop.conftest import (
     _client_env,
     assert_chains_to_root,
     dns_names,
-    tail,
 )
+from tests.interop.drivers import Result, run_driver, succeeded
 
 pytestmark = pytest.mark.interop
 
@@ -52,8 +51,6 @@ PROBLEM_NAMES = ["go-wrong.example.test", "go-badcsr.example.test"]
 ERR = "urn:ietf:params:acme:error:"
 _SUPERSEDED = 4  # RFC 5280 §5.3.1 CRLReason
 _UNSPECIFIED = 0  # what the library sends when the caller gives no reason
-
-Result = dict[str, Any]
 
 
 # -- building the driver --------------------------------------------------------------------
@@ -136,35 +133,10 @@ def _run_driver(driver: Path, server: AcmeServer, config: dict[str, object]) -> 
         **config,
     }
     argv = [str(driver), json.dumps(full)]
-    try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=_client_env(server),
-            timeout=_DRIVER_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace")
-        err = (exc.stderr or b"").decode(errors="replace")
-        pytest.fail(f"drive.go timed out\n{out}\n{err}\n--- acme-ca log ---\n{server.log_tail()}")
-    stdout = done.stdout.decode(errors="replace")
-    try:
-        result: Result = json.loads(stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        result = {"error": f"no JSON on stdout: {stdout!r}"}
-    if done.returncode != 0 or "error" in result:
-        exchanges = json.dumps((result.get("exchanges") or [])[-6:], indent=1)
-        pytest.fail(
-            f"drive.go exited with {done.returncode}: {result.get('error')}\n"
-            f"error: {json.dumps(result.get('errorInfo'))}\n"
-            f"transport errors: {json.dumps(result.get('transportErrors'))}\n"
-            f"--- last exchanges ---\n{exchanges}\n"
-            f"--- stderr ---\n{done.stderr.decode(errors='replace')}\n"
-            f"--- acme-ca log ---\n{tail(server.log, 40)}"
-        )
-    return result
+    run = run_driver(
+        argv, name="drive.go", server=server, env=_client_env(server), timeout=_DRIVER_TIMEOUT
+    )
+    return succeeded(run, name="drive.go", server=server)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -29,8 +26,8 @@ from tests.interop.conftest import (
     _client_env,
     assert_chains_to_root,
     dns_names,
-    tail,
 )
+from tests.interop.drivers import DriverRun, Result, run_driver, succeeded
 
 pytestmark = pytest.mark.interop
 
@@ -49,8 +46,6 @@ _TLS_UNTRUSTED = {
     "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
     "DEPTH_ZERO_SELF_SIGNED_CERT",
 }
-
-Result = dict[str, Any]
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +80,6 @@ def _common_name(pem: Path) -> str:
     return str(attribute.value)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverRun:
-    returncode: int
-    result: Result
-    stderr: str
-
-
 def _run_driver(
     node: Path, server: AcmeServer, config: dict[str, object], *, trust_root: bool = True
 ) -> DriverRun:
@@ -108,44 +96,14 @@ def _run_driver(
         **config,
     }
     argv = [str(node), str(DRIVER), json.dumps(full)]
-    try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=env,
-            cwd=NODE_DIR,
-            timeout=_DRIVER_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace")
-        err = (exc.stderr or b"").decode(errors="replace")
-        pytest.fail(f"drive.mjs timed out\n{out}\n{err}\n--- acme-ca log ---\n{server.log_tail()}")
-    stdout = done.stdout.decode(errors="replace")
-    try:
-        result: Result = json.loads(stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        result = {"error": f"no JSON on stdout: {stdout!r}"}
-    return DriverRun(
-        returncode=done.returncode, result=result, stderr=done.stderr.decode(errors="replace")
+    return run_driver(
+        argv, name="drive.mjs", server=server, env=env, timeout=_DRIVER_TIMEOUT, cwd=NODE_DIR
     )
 
 
 def _drive(node: Path, server: AcmeServer, **config: object) -> Result:
     """Run drive.mjs with ``config``; fail with its error, exchanges and the server log."""
-    run = _run_driver(node, server, config)
-    result = run.result
-    if run.returncode != 0 or "error" in result:
-        exchanges = json.dumps(result.get("exchanges", [])[-6:], indent=1)
-        pytest.fail(
-            f"drive.mjs exited with {run.returncode}: {result.get('error')}\n"
-            f"problem: {json.dumps(result.get('problem'))}\n"
-            f"transport errors: {json.dumps(result.get('transportErrors'))}\n"
-            f"--- last exchanges ---\n{exchanges}\n--- stderr ---\n{run.stderr}\n"
-            f"--- acme-ca log ---\n{tail(server.log, 40)}"
-        )
-    return result
+    return succeeded(_run_driver(node, server, config), name="drive.mjs", server=server)
 
 
 @pytest.fixture(scope="module")
