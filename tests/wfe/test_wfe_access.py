@@ -169,10 +169,10 @@ async def test_deactivated_account_can_do_nothing(
         problem = await _problem_of(client.post(url, payload))
         # RFC 8555 §7.3.6: 401 unauthorized for any request of a deactivated account.
         assert (problem.status, problem.type) == (401, ERR + "unauthorized"), (url, problem)
-    # RFC 8555 §7.3.6: not even newAccount's lookup answers for the key.
+    # RFC 8555 §7.3.6: not even newAccount's lookup answers for the key, and it is 401 too.
     for only_existing in (False, True):
         problem = await _problem_of(client.new_account(only_existing=only_existing))
-        assert problem.type == ERR + "unauthorized"
+        assert (problem.status, problem.type) == (401, ERR + "unauthorized"), problem
     assert await _snapshot(service) == before
 
 

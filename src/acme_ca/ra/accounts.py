@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from acme_ca.errors import AcmeError, ProblemType, unauthorized
+from acme_ca.errors import AcmeError, ProblemType, account_not_valid, unauthorized
 from acme_ca.model import Account, AccountStatus
 from acme_ca.policy.keys import check_public_key, spki_sha256
 from acme_ca.protocol.eab import ExternalAccountBinding
@@ -51,8 +51,11 @@ class AccountService:
         existing = await storage.get_account_by_thumbprint(thumbprint)
         if existing is not None:
             if existing.status != AccountStatus.VALID:
-                # RFC 8555 §7.3.6: no further requests authorized by this key, not even a lookup.
-                raise unauthorized(f"The account for this key is {existing.status}")
+                # RFC 8555 §7.3.6: no further requests authorized by this key, not even a
+                # lookup; a POST from a deactivated account MUST get 401 unauthorized, as the
+                # kid-signed ones do (the lookup was 403 and lacme, which starts every command
+                # with it, showed the difference).
+                raise account_not_valid(existing.status)
             return existing, False
         if request.only_return_existing:
             raise AcmeError(
