@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, Caddy,
-# golang.org/x/crypto/acme with Go and the Ruby gem acme-client (Debian packages), certbot
+# Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, lacme, Caddy,
+# golang.org/x/crypto/acme with Go, the Erlang library p1_acme and the Ruby gem acme-client
+# (Debian packages), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -75,6 +76,12 @@ if ! command -v acme-tiny >/dev/null 2>&1; then
     apt_install acme-tiny
 fi
 
+# lacme, the Perl client with privilege separation, and lacme-accountd, the account key
+# manager it spawns (tests/interop/test_interop_lacme.py). lacme is in /usr/sbin.
+if [ ! -x /usr/sbin/lacme ] || ! command -v lacme-accountd >/dev/null 2>&1; then
+    apt_install lacme lacme-accountd
+fi
+
 # The Ruby gem acme-client (Debian's ruby-acme-client, with ruby and Faraday)
 # (tests/interop/test_interop_ruby_acme_client.py).
 if ! command -v ruby >/dev/null 2>&1 || ! ruby -e 'require "acme-client"' >/dev/null 2>&1; then
@@ -94,6 +101,12 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 if [ ! -f /usr/share/gocode/src/golang.org/x/crypto/acme/rfc8555.go ]; then
     apt_install golang-golang-x-crypto-dev
+fi
+
+# p1_acme, ProcessOne's Erlang ACME client library (ejabberd's), with Erlang/OTP and escript
+# (tests/interop/test_interop_p1_acme.py): the driver runs it from OTP's library directory.
+if ! command -v escript >/dev/null 2>&1 || ! dpkg-query -W -f='${Status}' erlang-p1-acme 2>/dev/null | grep -q 'ok installed'; then
+    apt_install erlang-p1-acme
 fi
 
 # nginx: the load balancer of tests/scale (deploy/nginx.conf). The tests run their own
@@ -132,7 +145,9 @@ echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
 echo "uacme: $(dpkg-query -W -f='${Version}' uacme 2>/dev/null || echo unknown)"
 echo "acme-tiny: $(dpkg-query -W -f='${Version}' acme-tiny 2>/dev/null || echo unknown)"
+echo "lacme: $(dpkg-query -W -f='${Version}' lacme 2>/dev/null || echo unknown) (lacme-accountd $(dpkg-query -W -f='${Version}' lacme-accountd 2>/dev/null || echo unknown))"
 echo "golang.org/x/crypto/acme: $(dpkg-query -W -f='${Version}' golang-golang-x-crypto-dev 2>/dev/null || echo unknown) on $(go version 2>&1 | head -n 1)"
+echo "p1_acme: $(dpkg-query -W -f='${Version}' erlang-p1-acme 2>/dev/null || echo unknown) on Erlang/OTP $(erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().' 2>&1)"
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"
