@@ -400,6 +400,15 @@ def test_private_members_are_bad_public_key(member: str) -> None:
     assert info.value.type == ProblemType.BAD_PUBLIC_KEY
 
 
+def test_jwk_without_kty_says_so() -> None:
+    # RFC 7517 §4.1: "kty" is required; the detail named Python's None.
+    for jwk in ({}, {"n": "AQAB", "e": "AQAB"}):
+        with pytest.raises(AcmeError) as info:
+            import_public_jwk(jwk)
+        assert info.value.type is ProblemType.BAD_PUBLIC_KEY
+        assert info.value.detail == 'JWK has no "kty" member'
+
+
 @pytest.mark.parametrize("kty", ["oct", "", None, "rsa"])
 def test_unknown_key_types_are_bad_public_key(kty: object) -> None:
     with pytest.raises(AcmeError) as info:

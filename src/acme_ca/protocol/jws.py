@@ -251,6 +251,9 @@ def import_public_jwk(jwk: dict[str, Any]) -> JoseKey:
     if _PRIVATE_MEMBERS & jwk.keys():
         raise AcmeError(type=ProblemType.BAD_PUBLIC_KEY, detail="JWK contains private key material")
     kty = jwk.get("kty")
+    if kty is None:
+        # RFC 7517 §4.1: "kty" is required (lacme-accountd with a keyid sends "jwk": {}).
+        raise AcmeError(type=ProblemType.BAD_PUBLIC_KEY, detail='JWK has no "kty" member')
     if kty not in ("RSA", "EC", "OKP"):
         raise AcmeError(type=ProblemType.BAD_PUBLIC_KEY, detail=f"Unsupported JWK key type {kty!r}")
     try:
