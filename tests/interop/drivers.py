@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from tests.interop.conftest import AcmeServer, tail
+from tests.interop.conftest import AcmeServer, assert_chains_to_root, dns_names, tail
 
 Result = dict[str, Any]
 
@@ -78,3 +80,28 @@ def succeeded(run: DriverRun, *, name: str, server: AcmeServer) -> Result:
             f"--- acme-ca log ---\n{tail(server.log, 40)}"
         )
     return result
+
+
+def chain_of(pem: str) -> list[x509.Certificate]:
+    """The certificates of a PEM chain a driver reported, leaf first."""
+    return x509.load_pem_x509_certificates(pem.encode())
+
+
+def assert_issued(pem: str, server: AcmeServer, names: set[str]) -> None:
+    """The chain holds the leaf for exactly `names` and what links it to the test root."""
+    leaf, *intermediates = chain_of(pem)
+    assert intermediates, "the certificate URL must return the chain (RFC 8555 §7.4.2)"
+    assert dns_names(leaf) == names
+    for name in names:
+        assert_chains_to_root(leaf, intermediates, server.root_pem, name.replace("*", "x"))
+
+
+def root_x2(server: AcmeServer) -> Path:
+    """The second root, which the alternate chain leads to."""
+    return server.data_dir / "root-x2.pem"
+
+
+def common_name(pem: Path) -> str:
+    (cert,) = x509.load_pem_x509_certificates(pem.read_bytes())
+    (attribute,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attribute.value)

@@ -25,16 +25,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from tests.interop.conftest import (
     REPO,
     AcmeServer,
     _client_env,
     assert_chains_to_root,
-    dns_names,
 )
-from tests.interop.drivers import Result, run_driver, succeeded
+from tests.interop.drivers import Result, assert_issued, chain_of, run_driver, succeeded
 
 pytestmark = pytest.mark.interop
 
@@ -208,18 +206,6 @@ def _body(exchange: Result) -> Result:
     return body if isinstance(body, dict) else {}
 
 
-def _chain(pem: str) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(pem.encode())
-
-
-def _assert_issued(result: Result, server: AcmeServer, names: set[str]) -> None:
-    leaf, *intermediates = _chain(result["certificate"])
-    assert intermediates, "the certificate URL must return the chain (RFC 8555 §7.4.2)"
-    assert dns_names(leaf) == names
-    for name in names:
-        assert_chains_to_root(leaf, intermediates, server.root_pem, name.replace("*", "x"))
-
-
 def _problem(info: Result | None) -> Result:
     """The *acme.Error the library returned, as drive.go describes it."""
     assert info is not None, "the library returned no error"
@@ -283,7 +269,7 @@ def test_go_http01_one_name(http01_run: Result, acme_server: AcmeServer) -> None
     hosts = {hit["host"].split(":")[0] for hit in http01_run["http01Requests"]}
     assert hosts == {HTTP01_NAME}
     assert http01_run["orderStatusBeforeFinalize"] == "ready"
-    _assert_issued(http01_run, acme_server, {HTTP01_NAME})
+    assert_issued(http01_run["certificate"], acme_server, {HTTP01_NAME})
 
 
 def test_go_polls_the_authorization_as_retry_after_says(http01_run: Result) -> None:
@@ -322,7 +308,7 @@ def test_go_dns01_wildcard_and_base_name(dns01_run: Result, acme_server: AcmeSer
         assert authz["status"] == "valid"
         if authz["wildcard"]:
             assert authz["challengesOffered"] == ["dns-01"]
-    _assert_issued(dns01_run, acme_server, set(DNS01_NAMES))
+    assert_issued(dns01_run["certificate"], acme_server, set(DNS01_NAMES))
 
 
 @pytest.mark.parametrize("run", ["http01_run", "dns01_run"])
@@ -335,12 +321,12 @@ def test_go_fetch_cert_with_and_without_bundle(run: str, request: pytest.Fixture
     assert _body(finalize)["certificate"] == result["certificateUrl"]
 
 
-def test_go_alternate_chain_leads_to_root_x2(http01_run: Result, acme_server: AcmeServer) -> None:
+def test_go_alternate_chain_leads_toroot_x2(http01_run: Result, acme_server: AcmeServer) -> None:
     # RFC 8555 §7.4.2: ListCertAlternates reads Link rel="alternate", one link per field line.
     assert http01_run["alternateUrls"] == [f"{http01_run['certificateUrl']}/1"]
-    leaf, *default_intermediates = _chain(http01_run["certificate"])
+    leaf, *default_intermediates = chain_of(http01_run["certificate"])
     (alternate,) = http01_run["alternates"]
-    alt_leaf, *alt_intermediates = _chain(alternate)
+    alt_leaf, *alt_intermediates = chain_of(alternate)
     assert alt_leaf == leaf
     assert alt_intermediates != default_intermediates
     root_x2 = acme_server.data_dir / "root-x2.pem"

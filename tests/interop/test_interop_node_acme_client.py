@@ -17,17 +17,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from tests.interop.conftest import (
     REPO,
     AcmeServer,
     _client_env,
     assert_chains_to_root,
-    dns_names,
 )
-from tests.interop.drivers import DriverRun, Result, run_driver, succeeded
+from tests.interop.drivers import (
+    DriverRun,
+    Result,
+    assert_issued,
+    chain_of,
+    common_name,
+    root_x2,
+    run_driver,
+    succeeded,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -70,16 +76,6 @@ def node_bin() -> Path:
     return Path(node)
 
 
-def _root_x2(server: AcmeServer) -> Path:
-    return server.data_dir / "root-x2.pem"
-
-
-def _common_name(pem: Path) -> str:
-    (cert,) = x509.load_pem_x509_certificates(pem.read_bytes())
-    (attribute,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attribute.value)
-
-
 def _run_driver(
     node: Path, server: AcmeServer, config: dict[str, object], *, trust_root: bool = True
 ) -> DriverRun:
@@ -92,7 +88,7 @@ def _run_driver(
         "directoryUrl": server.directory_url,
         "http01Port": server.http01_port,
         "challtestsrv": server.challtestsrv.management_url,
-        "preferredChain": _common_name(_root_x2(server)),
+        "preferredChain": common_name(root_x2(server)),
         **config,
     }
     argv = [str(node), str(DRIVER), json.dumps(full)]
@@ -136,18 +132,6 @@ def dns01_run(node_bin: Path, acme_server: AcmeServer) -> Result:
     )
 
 
-def _chain(pem: str) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(pem.encode())
-
-
-def _assert_issued(result: Result, server: AcmeServer, names: set[str]) -> None:
-    leaf, *intermediates = _chain(result["certificate"])
-    assert intermediates, "the certificate URL must return the chain (RFC 8555 §7.4.2)"
-    assert dns_names(leaf) == names
-    for name in names:
-        assert_chains_to_root(leaf, intermediates, server.root_pem, name.replace("*", "x"))
-
-
 def _problem_type(outcome: Result) -> str:
     problem = outcome.get("problem") or {}
     return str(problem.get("type", ""))
@@ -169,7 +153,7 @@ def test_node_http01_one_name(http01_run: Result, acme_server: AcmeServer) -> No
     hosts = {hit["host"].split(":")[0] for hit in http01_run["http01Requests"]}
     assert hosts == {HTTP01_NAME}
     assert http01_run["orderStatusBeforeFinalize"] == "ready"
-    _assert_issued(http01_run, acme_server, {HTTP01_NAME})
+    assert_issued(http01_run["certificate"], acme_server, {HTTP01_NAME})
 
 
 def test_node_dns01_wildcard_and_base_name(dns01_run: Result, acme_server: AcmeServer) -> None:
@@ -178,15 +162,15 @@ def test_node_dns01_wildcard_and_base_name(dns01_run: Result, acme_server: AcmeS
     assert authzs == {("node-dns.example.test", True), ("node-dns.example.test", False)}
     assert all(a["challengeType"] == "dns-01" for a in dns01_run["authorizations"])
     assert all(a["authzStatus"] == "valid" for a in dns01_run["authorizations"])
-    _assert_issued(dns01_run, acme_server, set(DNS01_NAMES))
+    assert_issued(dns01_run["certificate"], acme_server, set(DNS01_NAMES))
 
 
-def test_node_alternate_chain_leads_to_root_x2(http01_run: Result, acme_server: AcmeServer) -> None:
-    leaf, *default_intermediates = _chain(http01_run["certificate"])
-    alt_leaf, *alt_intermediates = _chain(http01_run["alternate"])
+def test_node_alternate_chain_leads_toroot_x2(http01_run: Result, acme_server: AcmeServer) -> None:
+    leaf, *default_intermediates = chain_of(http01_run["certificate"])
+    alt_leaf, *alt_intermediates = chain_of(http01_run["alternate"])
     assert alt_leaf == leaf
     assert alt_intermediates != default_intermediates
-    assert_chains_to_root(alt_leaf, alt_intermediates, _root_x2(acme_server), HTTP01_NAME)
+    assert_chains_to_root(alt_leaf, alt_intermediates, root_x2(acme_server), HTTP01_NAME)
 
 
 @pytest.mark.parametrize("run", ["http01_run", "dns01_run"])
