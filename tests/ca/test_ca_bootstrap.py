@@ -350,5 +350,4 @@ def test_public_api_is_pinned() -> None:
         "issue_tls_certificate",
         "check_csr",
         "load_csr",
-        "requests_must_staple",
     }

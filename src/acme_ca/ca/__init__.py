@@ -6,7 +6,7 @@ returns, and stores nothing (DESIGN.md: the RA records and stores).
 
 from acme_ca.ca.authority import CertificateAuthority, CertificateProfile, IssuedCertificate
 from acme_ca.ca.bootstrap import KeyType, create_ca, ensure_ca, import_ca, issue_tls_certificate
-from acme_ca.ca.csr import check_csr, load_csr, requests_must_staple
+from acme_ca.ca.csr import check_csr, load_csr
 
 __all__ = [
     "CertificateAuthority",
@@ -19,5 +19,4 @@ __all__ = [
     "issue_tls_certificate",
     "check_csr",
     "load_csr",
-    "requests_must_staple",
 ]

@@ -193,6 +193,21 @@ class CertificateAuthority:
         OCSP Must-Staple (RFC 7633)."""
         return bool(self._ocsp_url) and profile.revocation_pointers
 
+    def check_must_staple(
+        self, csr: x509.CertificateSigningRequest, profile: CertificateProfile
+    ) -> bool:
+        """Whether the CSR asks for OCSP Must-Staple; badCSR if leaves of `profile` could
+        not honour it (they name no OCSP responder: every TLS handshake would fail)."""
+        if not requests_must_staple(csr):
+            return False
+        if not self.can_staple(profile):
+            raise AcmeError(
+                type=ProblemType.BAD_CSR,
+                detail="CSR asks for OCSP Must-Staple, but this profile's certificates "
+                "name no OCSP responder",
+            )
+        return True
+
     def issue(
         self,
         *,
@@ -259,13 +274,7 @@ class CertificateAuthority:
             shard = crl.shard_of(serial, self._crl_shards)
             url = crl.fill_url(self._sharded_crl_url, issuer=self._issuer_id, shard=shard)
             builder = builder.add_extension(_crl_distribution_points(url), critical=False)
-        if requests_must_staple(csr):
-            if not self.can_staple(profile):
-                raise AcmeError(
-                    type=ProblemType.BAD_CSR,
-                    detail="CSR asks for OCSP Must-Staple, but this profile's certificates "
-                    "name no OCSP responder",
-                )
+        if self.check_must_staple(csr, profile):
             # RFC 7633 §4.1: the TLS feature status_request, not marked critical.
             builder = builder.add_extension(
                 x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False

@@ -15,7 +15,7 @@ from dataclasses import replace
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from acme_ca.ca import CertificateProfile, check_csr, load_csr, requests_must_staple
+from acme_ca.ca import CertificateProfile, check_csr, load_csr
 from acme_ca.errors import AcmeError, ProblemType, account_not_valid, server_internal, unauthorized
 from acme_ca.model import Account, AccountStatus, Certificate, Order, OrderStatus
 from acme_ca.policy.keys import spki_sha256
@@ -75,13 +75,8 @@ class IssuanceService:
                 type=ProblemType.BAD_CSR,
                 detail="CSR key is blocked: a certificate for it was revoked for keyCompromise",
             )
-        if requests_must_staple(csr) and not ctx.ca.can_staple(self._profile(order)):
-            # Refused before the order is processing: it stays ready for another CSR.
-            raise AcmeError(
-                type=ProblemType.BAD_CSR,
-                detail="CSR asks for OCSP Must-Staple, but this profile's certificates "
-                "name no OCSP responder",
-            )
+        # Refused before the order is processing: it stays ready for another CSR.
+        ctx.ca.check_must_staple(csr, self._profile(order))
         # RFC 8659 §3: CAA again for identifiers validated longer ago than the set age.
         await self._caa.recheck_order(order, ctx.clock.now())
         serial = format(ctx.ca.new_serial(), "x")
