@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real ACME clients that tests/interop drives: lego, dehydrated, uacme, acme-tiny, lacme, Caddy,
 # golang.org/x/crypto/acme with Go, the Erlang library p1_acme and the Ruby gem acme-client
-# (Debian packages), certbot
+# (Debian packages), the npm packages acme-client and acme (ACME.js), certbot
 # (latest from PyPI, in its own venv so its pins never touch the project's .venv), and nginx
 # (Debian package), the load balancer of tests/scale.
 # Idempotent and quick when both are present; non-interactive; meant to run as root on Debian.
@@ -140,6 +140,14 @@ if [ ! -d "$NODE_DIR/node_modules" ]; then
     fi
 fi
 
+# ACME.js, Root's client at the core of Greenlock (tests/interop/test_interop_acmejs.py): the npm
+# package acme (a shim loading @root/acme) and its companions, at the versions pinned in
+# tests/interop/acmejs/package.json and its lockfile.
+ACMEJS_DIR="tests/interop/acmejs"
+if [ ! -d "$ACMEJS_DIR/node_modules" ]; then
+    npm ci --prefix "$ACMEJS_DIR" --no-audit --no-fund --loglevel=error
+fi
+
 echo "lego: $(lego --version 2>&1 | head -n 1) (package $(dpkg-query -W -f='${Version}' lego 2>/dev/null || echo unknown))"
 echo "caddy: $(caddy version 2>&1 | head -n 1)"
 echo "dehydrated: $(dpkg-query -W -f='${Version}' dehydrated 2>/dev/null || echo unknown)"
@@ -151,4 +159,5 @@ echo "p1_acme: $(dpkg-query -W -f='${Version}' erlang-p1-acme 2>/dev/null || ech
 echo "certbot: $("$CERTBOT_VENV/bin/certbot" --version 2>&1 | head -n 1)"
 echo "nginx: $(/usr/sbin/nginx -v 2>&1 | head -n 1)"
 echo "acme-client (npm): $(node -p "require('./$NODE_DIR/node_modules/acme-client/package.json').version") on node $(node --version)"
+echo "ACME.js (npm acme): $(node -p "require('./$ACMEJS_DIR/node_modules/acme/package.json').version") (@root/acme $(node -p "require('./$ACMEJS_DIR/node_modules/@root/acme/package.json').version")) on node $(node --version)"
 echo "acme-client (gem): $(ruby -e 'require "acme-client"; print Acme::Client::VERSION') (package $(dpkg-query -W -f='${Version}' ruby-acme-client 2>/dev/null || echo unknown)) on ruby $(ruby -e 'print RUBY_VERSION')"
