@@ -195,6 +195,24 @@ async def test_failed_challenge_invalidates_authz_and_order(
     assert chall_doc["validationRecord"]
 
 
+@pytest.mark.parametrize("answer", ["right", "wrong"])
+async def test_challenge_answer_after_validation_is_what_was_stored(
+    make_client: ClientFactory, challtestsrv: ChallengeTestServer, answer: str
+) -> None:
+    """The challenge POST answers with the validation it waited for, as recorded (not
+    read back): the same document a later POST-as-GET of the challenge returns."""
+    client = await make_client()
+    resp = await client.new_order([f"{answer}.answer.example.test"])
+    authz = (await client.post_as_get(resp.body["authorizations"][0])).body
+    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    key_authz = client.key_authorization(chall["token"]) if answer == "right" else "wrong"
+    challtestsrv.add_http01(chall["token"], key_authz)
+    answered = await client.respond_challenge(chall["url"])
+    assert answered.body["status"] == ("valid" if answer == "right" else "invalid")
+    stored = (await client.post_as_get(chall["url"])).body
+    assert answered.body == stored
+
+
 async def test_valid_authz_is_reused(
     make_client: ClientFactory, challtestsrv: ChallengeTestServer
 ) -> None:

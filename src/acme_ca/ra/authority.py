@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
+from acme_ca.model import Account, Authorization, Challenge
 from acme_ca.ra.accounts import AccountService
 from acme_ca.ra.context import RAContext
 from acme_ca.ra.issuance import IssuanceService
@@ -28,6 +29,8 @@ __all__ = ["RegistrationAuthority"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class RegistrationAuthority:
     def __init__(self, ctx: RAContext, *, max_concurrent_validations: int = 64) -> None:
@@ -41,26 +44,32 @@ class RegistrationAuthority:
         self.limits = RateLimiter(
             PolicyStore(ctx.storage.engines, ctx.clock), ctx.settings.rate_limits
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._validation_slots = asyncio.Semaphore(max_concurrent_validations)
         self._maintenance: asyncio.Task[None] | None = None
 
     # ---- background work -------------------------------------------------------
 
-    def spawn_validation(self, challenge_id: str) -> asyncio.Task[None]:
-        return self._spawn(self._validate(challenge_id))
+    def spawn_validation(
+        self, challenge_id: str, *, subject: tuple[Authorization, Account] | None = None
+    ) -> asyncio.Task[Challenge | None]:
+        """Validate in the background; the task's result is the challenge as this
+        validation recorded it (None if another had). `subject`: see `ValidationService.run`."""
+        return self._spawn(self._validate(challenge_id, subject))
 
-    async def _validate(self, challenge_id: str) -> None:
+    async def _validate(
+        self, challenge_id: str, subject: tuple[Authorization, Account] | None
+    ) -> Challenge | None:
         async with self._validation_slots:
-            await self.validations.run(challenge_id)
+            return await self.validations.run(challenge_id, subject=subject)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background job failed", exc_info=task.exception())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem, malformed, unauthorized
@@ -48,16 +49,24 @@ class ValidationService:
                 raise malformed(f"Authorization is {fresh.status} and cannot be validated")
         return started
 
-    async def run(self, challenge_id: str) -> None:
-        """Validate and record the result. Safe to call twice: the store keeps the first."""
+    async def run(
+        self, challenge_id: str, *, subject: tuple[Authorization, Account] | None = None
+    ) -> Challenge | None:
+        """Validate and record the result; the challenge as recorded, or None if another
+        run had recorded one (safe to call twice: the store keeps the first).
+
+        `subject` is the challenge's authorization and account as read by the caller that
+        just started the challenge (saves reading them again); without it they are read.
+        """
         ctx = self._ctx
-        subject = await ctx.storage.get_validation_subject(challenge_id)
         if subject is None:
-            return
+            subject = await ctx.storage.get_validation_subject(challenge_id)
+            if subject is None:
+                return None
         authz, account = subject
         challenge = next((c for c in authz.challenges if c.id == challenge_id), None)
         if challenge is None:
-            return
+            return None
         now = ctx.clock.now()
         if authz.status != AuthzStatus.PENDING:
             error: AcmeError | None = malformed(f"Authorization became {authz.status}")
@@ -81,7 +90,7 @@ class ValidationService:
             now = ctx.clock.now()
             if error is not None:
                 await self._limits.record_failed_validation(account.id, authz.identifier, now)
-        await ctx.storage.finish_validation(
+        recorded = await ctx.storage.finish_validation(
             authz.id,
             challenge.id,
             error=error,
@@ -95,6 +104,15 @@ class ValidationService:
             authz.identifier.value,
             challenge_id,
             "valid" if error is None else error,
+        )
+        if not recorded:
+            return None
+        return dataclasses.replace(
+            challenge,
+            status=ChallengeStatus.VALID if error is None else ChallengeStatus.INVALID,
+            validated=now if error is None else None,
+            error=error,
+            validation_record=tuple(records),
         )
 
 

@@ -795,8 +795,9 @@ class Storage:
         records: Sequence[dict[str, object]],
         now: dt.datetime,
         valid_until: dt.datetime,
-    ) -> None:
-        """Record a validation result and move the authz and its orders (RFC 8555 §7.1.6)."""
+    ) -> bool:
+        """Record a validation result and move the authz and its orders (RFC 8555 §7.1.6);
+        False if another worker had recorded one already."""
         valid = error is None
         challenge_params = (
             ChallengeStatus.VALID if valid else ChallengeStatus.INVALID,
@@ -808,7 +809,7 @@ class Storage:
         )
         now_us = codec.to_us(self._clock.now())
 
-        async def run(sql: Sql) -> None:
+        async def run(sql: Sql) -> bool:
             changed = await sql.run(
                 "UPDATE challenges SET status = ?, validated = ?, error = ?, validation_record = ?"
                 " WHERE id = ? AND status = ?",
@@ -818,7 +819,7 @@ class Storage:
                 "DELETE FROM jobs WHERE kind = 'validate' AND target_id = ?", (challenge_id,)
             )
             if changed != 1:
-                return  # already finished by another worker
+                return False  # already finished by another worker
             authz: tuple[str, tuple[Any, ...]]
             if valid:
                 authz = (
@@ -831,8 +832,9 @@ class Storage:
                     (AuthzStatus.INVALID, authz_id, AuthzStatus.PENDING),
                 )
             await sql.finish([authz, *self._settle_orders(authz_id, error, now_us)])
+            return True
 
-        await self._db.write(run)
+        return await self._db.write(run)
 
     def _settle_orders(
         self, authz_id: str, error: AcmeError | None, now: int
