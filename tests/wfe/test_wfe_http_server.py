@@ -18,7 +18,12 @@ from cryptography import x509
 from uvicorn.server import ServerState
 
 from acme_ca.errors import AcmeError, ProblemType
-from acme_ca.wfe.http_server import MAX_HEADER_BYTES, AcmeHttpProtocol, serialize_response
+from acme_ca.wfe.http_server import (
+    MAX_HEADER_BYTES,
+    AcmeHttpProtocol,
+    HttpLimits,
+    serialize_response,
+)
 from acme_ca.wfe.http_types import Request, Response
 from acme_ca.wfe.responses import problem_response
 from tests.va.va_servers import make_cert, server_context
@@ -37,6 +42,8 @@ class FakeHandler:
         self.seen.append(request)
         if request.path == "/slow":
             await asyncio.sleep(0.05)
+        if request.path == "/hang":
+            await asyncio.Event().wait()
         if request.path == "/boom":
             raise RuntimeError("handler bug")
         if request.path == "/empty":
@@ -80,6 +87,7 @@ async def _serve(
     keep_alive: float = 5.0,
     forwarded_allow_ips: str = "127.0.0.1",
     tls: ssl.SSLContext | None = None,
+    limits: HttpLimits | None = None,
 ) -> tuple[asyncio.Server, Served]:
     handler = FakeHandler()
     config = uvicorn.Config(
@@ -96,7 +104,10 @@ async def _serve(
     sock.bind(("127.0.0.1", 0))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: AcmeHttpProtocol(config, state, {}), sock=sock, ssl=tls, start_serving=True
+        lambda: AcmeHttpProtocol(config, state, {}, limits=limits),
+        sock=sock,
+        ssl=tls,
+        start_serving=True,
     )
     return server, Served(port=sock.getsockname()[1], handler=handler, state=state)
 
@@ -403,7 +414,7 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
 
 
 async def test_keep_alive_deadline_moves_back_after_a_slow_request() -> None:
-    # The request deadline (30 s) replaced the idle one while the request was read;
+    # The header deadline (10 s) replaced the idle one while the request was read;
     # once answered, the idle deadline (0.2 s here) holds again.
     async with _serving(keep_alive=0.2) as info:
         reader, writer = await asyncio.open_connection("127.0.0.1", info.port)
@@ -420,9 +431,8 @@ async def test_keep_alive_deadline_moves_back_after_a_slow_request() -> None:
         writer.close()
 
 
-async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.3)
-    async with _serving() as info:
+async def test_half_read_request_is_dropped() -> None:
+    async with _serving(limits=HttpLimits(request_timeout=0.3)) as info:
         loop = asyncio.get_running_loop()
         started = loop.time()
         raw = await _exchange(
@@ -433,14 +443,11 @@ async def test_half_read_request_is_dropped(monkeypatch: pytest.MonkeyPatch) -> 
         assert info.handler.seen == []
 
 
-async def test_stalled_tls_request_frees_its_connection_at_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+async def test_stalled_tls_request_frees_its_connection_at_once(tmp_path: Path) -> None:
     # A client that handshakes, sends half a request and then nothing (not even a TLS
     # close_notify) is aborted at the deadline, not kept for a graceful TLS shutdown.
-    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.3)
     tls = server_context(make_cert(tmp_path, names=[x509.DNSName("localhost")]))
-    async with _serving(tls=tls) as info:
+    async with _serving(tls=tls, limits=HttpLimits(request_timeout=0.3)) as info:
         client = ssl.create_default_context()
         client.check_hostname = False
         client.verify_mode = ssl.CERT_NONE
@@ -460,6 +467,101 @@ async def test_stalled_tls_request_frees_its_connection_at_once(
             assert loop.time() - started < 2.0
         finally:
             wrapped.close()
+
+
+async def _trickle(port: int, head: bytes, body: bytes, *, every: float) -> tuple[bytes, float]:
+    """Send `head` at once and then `body` a byte every `every` seconds, until the server
+    answers or closes; what arrived and how long after the first byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = asyncio.ensure_future(reader.read(65536))
+    try:
+        writer.write(head)
+        for i in range(len(body)):
+            if answer.done():
+                break
+            await asyncio.sleep(every)
+            writer.write(body[i : i + 1])
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(answer, 5)
+        received = answer.result() if not answer.exception() else b""
+        return received, loop.time() - started
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+async def test_headers_sent_byte_by_byte_are_cut_at_the_header_deadline() -> None:
+    # Slowloris: each byte comes before any idle timeout would fire; the header
+    # deadline runs from the first byte and is not moved by later ones.
+    limits = HttpLimits(header_timeout=0.5, request_timeout=10.0)
+    async with _serving(keep_alive=5.0, limits=limits) as info:
+        head = _get("/x", "X-Pad: " + "a" * 100 + "\r\n")
+        received, took = await _trickle(info.port, head[:1], head[1:], every=0.05)
+        assert received == b""
+        assert 0.4 < took < 3.0  # well before the 10 s request deadline and the 7 s trickle
+        assert info.handler.seen == []
+
+
+async def test_body_slower_than_its_length_is_cut_at_the_request_deadline() -> None:
+    limits = HttpLimits(header_timeout=0.3, request_timeout=1.0)
+    async with _serving(limits=limits) as info:
+        head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        received, took = await _trickle(info.port, head, b"b" * 100, every=0.05)
+        assert received == b""
+        assert 0.9 < took < 3.5  # the body would have taken 5 s
+        assert info.handler.seen == []
+
+
+async def test_body_may_outlast_the_header_deadline_within_the_request_deadline() -> None:
+    limits = HttpLimits(header_timeout=0.3, request_timeout=5.0)
+    async with _serving(limits=limits) as info:
+        head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+        received, _ = await _trickle(info.port, head, b"b" * 10, every=0.08)
+        assert _responses(received)[0][0] == 200
+        assert json.loads(_responses(received)[0][2])["body"] == "b" * 10
+
+
+async def test_other_clients_are_answered_while_slow_clients_trickle() -> None:
+    limits = HttpLimits(header_timeout=1.0, request_timeout=1.0)
+    async with _serving(limits=limits) as info:
+        head = _get("/x", "X-Pad: " + "a" * 100 + "\r\n")
+        slow = [
+            asyncio.create_task(_trickle(info.port, head[:1], head[1:], every=0.05))
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0.2)
+        for _ in range(5):
+            raw = await _exchange(info.port, _get("/y", "Connection: close\r\n"), wait=2.0)
+            assert _responses(raw)[0][0] == 200
+        results = await asyncio.gather(*slow)
+        assert all(received == b"" for received, _ in results)
+        assert [r.path for r in info.handler.seen] == ["/y"] * 5
+
+
+async def test_answer_cut_short_by_shutdown_is_a_503_and_closes(served: Served) -> None:
+    # What uvicorn's graceful shutdown does: shutdown() on every connection, then,
+    # when its timeout is up, cancel the answers still running.
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(_get("/hang"))
+    for _ in range(100):
+        if served.state.tasks:
+            break
+        await asyncio.sleep(0.01)
+    for connection in list(served.state.connections):
+        connection.shutdown()
+    for task in list(served.state.tasks):
+        task.cancel()
+    raw = await asyncio.wait_for(reader.read(), 3)  # the server closes after the answer
+    writer.close()
+    ((status, headers, body),) = _responses(raw)
+    assert status == 503
+    assert headers["retry-after"] == "5"
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["replay-nonce"] == "fake-nonce"
+    assert json.loads(body)["type"] == "urn:ietf:params:acme:error:serverInternal"
 
 
 def _small_buffer_connection(port: int) -> socket.socket:
@@ -485,11 +587,10 @@ async def _read_all(sock: socket.socket, wait: float) -> tuple[bytes, bool]:
     return received, True
 
 
-async def test_client_that_reads_no_answers_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_client_that_reads_no_answers_is_dropped() -> None:
     # Pipelined requests whose answers are never read: writing paused, the queue
     # waited, and no deadline ran (each complete request disarms it): held forever.
-    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.5)
-    server, info = await _serve(keep_alive=60.0)
+    server, info = await _serve(keep_alive=60.0, limits=HttpLimits(request_timeout=0.5))
     sock = _small_buffer_connection(info.port)
     try:
         loop = asyncio.get_running_loop()
@@ -504,11 +605,8 @@ async def test_client_that_reads_no_answers_is_dropped(monkeypatch: pytest.Monke
         await server.wait_closed()
 
 
-async def test_client_that_reads_its_answers_slowly_is_kept(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.5)
-    server, info = await _serve(keep_alive=60.0)
+async def test_client_that_reads_its_answers_slowly_is_kept() -> None:
+    server, info = await _serve(keep_alive=60.0, limits=HttpLimits(request_timeout=0.5))
     sock = _small_buffer_connection(info.port)
     try:
         loop = asyncio.get_running_loop()
@@ -531,9 +629,10 @@ async def test_request_half_read_behind_a_slow_answer_is_dropped(
 ) -> None:
     # The request deadline passed while /slow was answered: the timer was dropped
     # then, and the half-read request after it held the connection forever.
-    monkeypatch.setattr("acme_ca.wfe.http_server.REQUEST_TIMEOUT", 0.02)
     monkeypatch.setattr("acme_ca.wfe.http_server._BUSY_RECHECK", 0.1)
-    server, info = await _serve(keep_alive=60.0)
+    server, info = await _serve(
+        keep_alive=60.0, limits=HttpLimits(header_timeout=0.02, request_timeout=0.02)
+    )
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()

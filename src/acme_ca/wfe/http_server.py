@@ -12,19 +12,21 @@ handled by one task, and its answer leaves as one write.
 Errors of the transport are answered as ACME problems (`malformed`) with the
 headers of every ACME answer (Replay-Nonce, Link rel="index"), then the connection
 is closed: an unparsable request (400), a body over the limit (413, refused before
-it is read when Content-Length says so), headers over 16 KiB (431). A request
-that stalls half-read is dropped after `REQUEST_TIMEOUT` seconds, and so is a
-client that stops reading its answers (writing paused that long); an idle
-keep-alive connection after uvicorn's `timeout_keep_alive`.
+it is read when Content-Length says so), headers over 16 KiB (431). Slow clients
+are bounded by `HttpLimits`: a request whose headers are not complete within
+`header_timeout` seconds of its first byte, or which is not complete within
+`request_timeout`, is dropped, and so is a client that stops reading its answers
+(writing paused for `request_timeout`); an idle connection (before its first
+request, between requests) is closed after uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import secrets
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -34,21 +36,38 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
-from acme_ca.wfe.http_types import Address, Headers, Request, Response, carries_body
+from acme_ca.wfe.http_types import (
+    Address,
+    Headers,
+    Request,
+    Response,
+    serialize_response,
+)
 from acme_ca.wfe.responses import body_too_large
 
-__all__ = ["AcmeHttpProtocol", "HttpHandler", "serialize_response"]
+__all__ = ["AcmeHttpProtocol", "HttpHandler", "HttpLimits", "serialize_response"]
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024
 """Request line plus headers; llhttp itself sets no limit (node's default is 16 KiB)."""
-REQUEST_TIMEOUT = 30.0
-"""Seconds from a request's first byte to its last."""
+SHUTDOWN_RETRY_AFTER = 5
+"""Retry-After (seconds) of the 503 for a request cut short by a shutdown."""
 _MAX_QUEUED = 16
 """Pipelined requests kept before the connection stops reading."""
 _BUSY_RECHECK = 1.0
 """Seconds after which a deadline that passed during an answer is looked at again."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpLimits:
+    """How long a client may take; the idle timeout is uvicorn's `timeout_keep_alive`."""
+
+    header_timeout: float = 10.0
+    """Seconds from a request's first byte to the end of its header section."""
+    request_timeout: float = 30.0
+    """Seconds from a request's first byte to its last (the body included); also how
+    long a client may read none of its answers."""
 
 
 class HttpHandler(Protocol):
@@ -60,50 +79,6 @@ class HttpHandler(Protocol):
     async def handle(self, request: Request) -> Response: ...
 
     def error_response(self, request: Request, error: AcmeError) -> Response: ...
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
-
-
-_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
-
-
-def serialize_response(
-    response: Response,
-    *,
-    head: bool,
-    keep_alive: bool,
-    default_headers: list[tuple[bytes, bytes]],
-) -> bytes:
-    status = response.status_code
-    parts = [_STATUS_LINES[status]]
-    for name, value in default_headers:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in response.raw_headers:
-        parts += (name, b": ", value, b"\r\n")
-    # Status line, headers, blank line; then Content-Length and Connection if added.
-    lines = len(default_headers) + len(response.raw_headers) + 2
-    body = response.body
-    if carries_body(status):
-        parts += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
-        lines += 1
-    else:
-        body = b""
-    if not keep_alive:
-        parts.append(b"connection: close\r\n")
-        lines += 1
-    parts.append(b"\r\n")
-    head_bytes = b"".join(parts)
-    # Header values carry URLs and IDs; none may end a header line early: one CR and
-    # one LF per line, counted in C instead of five searches per header.
-    if head_bytes.count(b"\n") != lines or head_bytes.count(b"\r") != lines:
-        raise ValueError("a response header holds a line break")
-    return head_bytes + body if body and not head else head_bytes
 
 
 class _Refused(Exception):
@@ -154,10 +129,13 @@ class AcmeHttpProtocol(asyncio.Protocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
         self._config = config
+        self._limits = limits or HttpLimits()
         self._state = server_state
         self._loop = _loop or asyncio.get_event_loop()
         self._handler = _handler_of(config)
@@ -176,6 +154,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._deadline: float | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._mid_request = False
+        self._request_deadline = 0.0
         # The request being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -230,7 +209,9 @@ class AcmeHttpProtocol(asyncio.Protocol):
         # as a stalled request may take.
         self._write_paused = True
         if self._stall_timer is None:
-            self._stall_timer = self._loop.call_later(REQUEST_TIMEOUT, self._drop_stalled)
+            self._stall_timer = self._loop.call_later(
+                self._limits.request_timeout, self._drop_stalled
+            )
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -257,7 +238,12 @@ class AcmeHttpProtocol(asyncio.Protocol):
         self._method = "GET"
         self._headers_done = False
         self._mid_request = True
-        self._arm(REQUEST_TIMEOUT)
+        # Slowloris: a deadline from the first byte, never moved by later bytes, for the
+        # headers and then for the whole request (RFC 9112 §9.5 lets a server close a
+        # connection at any time; nothing is owed to a request that is not complete).
+        now = self._loop.time()
+        self._request_deadline = now + self._limits.request_timeout
+        self._arm_at(min(now + self._limits.header_timeout, self._request_deadline))
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -273,6 +259,7 @@ class AcmeHttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        self._arm_at(self._request_deadline)
         self._method = self._parser.get_method().decode("ascii", "replace")
         version = self._parser.get_http_version()
         if version not in ("1.0", "1.1"):
@@ -386,7 +373,11 @@ class AcmeHttpProtocol(asyncio.Protocol):
             item.keep_alive = item.keep_alive and item.refusal is None and not last
             data = self._serialize(response, request, item.keep_alive)
         except asyncio.CancelledError:
-            self._close()
+            # Only uvicorn cancels answers: those still running when the graceful
+            # shutdown's time is up. Say so (RFC 9110 §15.6.4) rather than hang up
+            # without a word; whether the request took effect is unknown, as after any
+            # 5xx, and an ACME client retries with a fresh nonce (RFC 8555 §6.5).
+            self._answer_shutdown(request)
             raise
         except Exception:
             request_id = secrets.token_hex(8)
@@ -424,6 +415,23 @@ class AcmeHttpProtocol(asyncio.Protocol):
             self._next()
         elif not self._mid_request:
             self._arm(self._config.timeout_keep_alive)
+
+    def _answer_shutdown(self, request: Request) -> None:
+        self._busy = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            error = AcmeError(
+                type=ProblemType.SERVER_INTERNAL,
+                detail="The server is shutting down; retry the request",
+                status=503,
+                headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)},
+            )
+            try:
+                response = self._handler.error_response(request, error)
+                transport.write(self._serialize(response, request, keep_alive=False))
+            except Exception:
+                log.exception("no shutdown answer for %s", self._peer)
+        self._close()
 
     def _refuse(self, error: AcmeError) -> None:
         """Answer a request the transport could not accept, after those before it."""
@@ -484,7 +492,10 @@ class AcmeHttpProtocol(asyncio.Protocol):
         if delay is None:
             self._deadline = None
             return
-        deadline = self._deadline = self._loop.time() + delay
+        self._arm_at(self._loop.time() + delay)
+
+    def _arm_at(self, deadline: float) -> None:
+        self._deadline = deadline
         timer = self._timer
         if timer is None or timer.when() > deadline:
             if timer is not None:
@@ -501,7 +512,9 @@ class AcmeHttpProtocol(asyncio.Protocol):
         # Also after `_close`: a closing transport waits for its answers to drain.
         self._stall_timer = None
         if self._write_paused and self._transport is not None:
-            log.info("dropped %s: it read no answer for %s s", self._peer, REQUEST_TIMEOUT)
+            log.info(
+                "dropped %s: it read no answer for %s s", self._peer, self._limits.request_timeout
+            )
             self._abort()
 
     def _check_deadline(self) -> None:

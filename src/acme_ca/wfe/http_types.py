@@ -8,12 +8,21 @@ and a whole body: ACME answers are small and never streamed.
 
 from __future__ import annotations
 
+import http
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-__all__ = ["Address", "Headers", "Request", "Response", "ResponseHeaders", "carries_body"]
+__all__ = [
+    "Address",
+    "Headers",
+    "Request",
+    "Response",
+    "ResponseHeaders",
+    "carries_body",
+    "serialize_response",
+]
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -157,3 +166,47 @@ class Response:
     @property
     def headers(self) -> ResponseHeaders:
         return ResponseHeaders(self.raw_headers)
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def serialize_response(
+    response: Response,
+    *,
+    head: bool,
+    keep_alive: bool,
+    default_headers: list[tuple[bytes, bytes]],
+) -> bytes:
+    status = response.status_code
+    parts = [_STATUS_LINES[status]]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in response.raw_headers:
+        parts += (name, b": ", value, b"\r\n")
+    # Status line, headers, blank line; then Content-Length and Connection if added.
+    lines = len(default_headers) + len(response.raw_headers) + 2
+    body = response.body
+    if carries_body(status):
+        parts += (b"content-length: ", str(len(body)).encode("ascii"), b"\r\n")
+        lines += 1
+    else:
+        body = b""
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+        lines += 1
+    parts.append(b"\r\n")
+    head_bytes = b"".join(parts)
+    # Header values carry URLs and IDs; none may end a header line early: one CR and
+    # one LF per line, counted in C instead of five searches per header.
+    if head_bytes.count(b"\n") != lines or head_bytes.count(b"\r") != lines:
+        raise ValueError("a response header holds a line break")
+    return head_bytes + body if body and not head else head_bytes
