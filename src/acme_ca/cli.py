@@ -17,6 +17,7 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import ConfigError, Settings, load_settings, parse_hostport
 
 if TYPE_CHECKING:
+    from acme_ca.listener import ConnectionLimits
     from acme_ca.status import StatusListener
 
 __all__ = ["main"]
@@ -96,6 +97,43 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="seconds before a crashed process's validation/issuance job is taken up (60)",
     )
+    limits = parser.add_argument_group("connection limits (docs/DEPLOYMENT.md)")
+    limits.add_argument(
+        "--max-connections",
+        dest="max_connections",
+        type=int,
+        help="open connections per listener of each process; more are closed at once (1024)",
+    )
+    limits.add_argument(
+        "--tls-handshake-timeout",
+        dest="tls_handshake_timeout",
+        type=int,
+        help="seconds a TLS handshake may take (30)",
+    )
+    limits.add_argument(
+        "--request-header-timeout",
+        dest="request_header_timeout",
+        type=int,
+        help="seconds from a request's first byte to the end of its headers (10)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        dest="request_timeout",
+        type=int,
+        help="seconds from a request's first byte to its last (30)",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        dest="keep_alive_timeout",
+        type=int,
+        help="seconds an idle connection is kept open (5)",
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout",
+        type=int,
+        help="seconds answers in flight get on SIGTERM before a 503 (5)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -123,6 +161,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         "ocsp",
         "crl_shards",
         "ari_retry_after",
+        "max_connections",
+        "tls_handshake_timeout",
+        "request_header_timeout",
+        "request_timeout",
+        "keep_alive_timeout",
+        "shutdown_timeout",
     ]
     overrides = {k: getattr(args, k, None) for k in keys}
     return load_settings(config_file=args.config, overrides=overrides)
@@ -231,6 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.tls_key or data_dir / "tls-key.pem"
     print(f"acme-ca directory: {settings.base_url}/directory", flush=True)
     print(f"root certificate to trust: {(data_dir / 'root.pem').resolve()}", flush=True)
+    limits = _connection_limits(settings)
     try:
         status_listener = _start_status_listener(settings)
     except Exception as exc:  # port in use, unreadable CA files, database: say which
@@ -238,6 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
         return 1
     from acme_ca.supervisor import WorkerSpec, run_single, run_workers
+    from acme_ca.wfe.http_server import HttpLimits
 
     spec = WorkerSpec(
         host=settings.listen_host,
@@ -245,6 +291,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         certfile=str(cert),
         keyfile=str(key),
         log_level=settings.log_level,
+        limits=limits,
+        http=HttpLimits(
+            header_timeout=settings.request_header_timeout,
+            request_timeout=settings.request_timeout,
+        ),
+        keep_alive_timeout=settings.keep_alive_timeout,
+        shutdown_timeout=settings.shutdown_timeout,
     )
     try:
         if settings.workers > 1:
@@ -257,6 +310,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         status_listener.stop()
     return 0
+
+
+def _connection_limits(settings: Settings) -> ConnectionLimits:
+    """The cap, within this process's open-file limit (raised toward what it needs): in
+    one process the ACME and status listeners share it; a supervisor holds the status
+    listener and, at worst, a copy of every connection it hands (each worker's share)."""
+    from acme_ca.listener import ConnectionLimits, fit_limits
+
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        handshake_timeout=settings.tls_handshake_timeout,
+    )
+    return fit_limits(limits, listeners=2 if settings.workers == 1 else settings.workers + 1)
 
 
 def _start_status_listener(settings: Settings) -> StatusListener:

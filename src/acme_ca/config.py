@@ -95,6 +95,20 @@ class Settings:
     """CRL shards per issuer; keep it fixed for the CA's life (leaves name their shard)."""
     ari_retry_after: int = 21600
     """Seconds a client should wait before asking for renewalInfo again (RFC 9773 §4.3)."""
+    max_connections: int = 1024
+    """Open connections per listener of each process (each worker's ACME listener, the
+    status listener), TLS handshakes included; beyond it new ones are closed at once."""
+    tls_handshake_timeout: int = 30
+    """Seconds a client may take over its TLS handshake."""
+    request_header_timeout: int = 10
+    """Seconds from a request's first byte to the end of its headers (slowloris)."""
+    request_timeout: int = 30
+    """Seconds from a request's first byte to its last; also how long a client may read
+    none of its answers."""
+    keep_alive_timeout: int = 5
+    """Seconds an idle connection is kept open (before its first request, between them)."""
+    shutdown_timeout: int = 5
+    """Seconds answers in flight get on SIGTERM; those still running then get a 503."""
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, what="listen")
@@ -129,6 +143,20 @@ class Settings:
             raise ConfigError("crl_shards must be between 1 and 4096")
         if self.ari_retry_after < 0:
             raise ConfigError("ari_retry_after must not be negative")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        for name in (
+            "tls_handshake_timeout",
+            "request_header_timeout",
+            "request_timeout",
+            "keep_alive_timeout",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (seconds)")
+        if self.request_header_timeout > self.request_timeout:
+            raise ConfigError("request_header_timeout must not exceed request_timeout")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown_timeout must not be negative")
 
     @property
     def listen_host(self) -> str:

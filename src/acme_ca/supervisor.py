@@ -18,6 +18,13 @@ never took (it died, or was stopped and then killed) go to another worker instea
 being lost; a stuck worker stops being chosen. The port is bound exclusively, by the
 supervisor alone.
 
+Each worker keeps at most `max_connections` open (acme_ca.listener), and the
+supervisor hands none to a worker that has as many: when every worker is full it
+closes new connections at once, rather than leaving them to fill the backlog or to
+exhaust a worker's descriptors (a descriptor that cannot be received is dropped by the
+kernel, and the supervisor kept its copy of that connection for good: seen with 1200
+idle connections against a limit of 400, after which nothing was served).
+
 The supervisor restarts a worker that dies, and stops them all on SIGTERM/SIGINT; a
 worker whose supervisor is gone (its socket pair closed) stops as on SIGTERM.
 """
@@ -44,7 +51,14 @@ from typing import Any
 
 import uvicorn
 
-from acme_ca.wfe.http_server import AcmeHttpProtocol
+from acme_ca.listener import (
+    ConnectionLimits,
+    ListeningServer,
+    RefusalLog,
+    ServingServer,
+    listen,
+)
+from acme_ca.wfe.http_server import AcmeHttpProtocol, HttpLimits
 
 __all__ = ["WorkerSpec", "run_single", "run_workers"]
 
@@ -57,8 +71,10 @@ _HANDED = b"c"
 _ACCEPTS_PER_TURN = 64
 _SELECT_SECONDS = 0.5
 _ALL_READY_SECONDS = 60.0
-# A TLS handshake not done in this long is dropped (asyncio's default is 60 s).
-_HANDSHAKE_SECONDS = 30.0
+_ACCEPT_PAUSE = 0.5
+"""Seconds without accepting after the supervisor ran out of descriptors."""
+_STOP_MARGIN = 10.0
+"""Seconds a stopping worker gets beyond its graceful shutdown (the lifespan's end)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,10 +85,13 @@ class WorkerSpec:
     keyfile: str
     log_level: str
     app: str = "acme_ca.cli:app_factory"
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """Per serving process: the supervisor hands a worker no more than these."""
+    http: HttpLimits = field(default_factory=HttpLimits)
+    keep_alive_timeout: int = 5
+    """Seconds an idle connection is kept (before its first request, between them)."""
+    shutdown_timeout: int = 5
+    """Seconds answers in flight get on SIGTERM before they are cut short (503)."""
 
 
 def _config(spec: WorkerSpec) -> uvicorn.Config:
@@ -90,20 +109,13 @@ def _config(spec: WorkerSpec) -> uvicorn.Config:
         http=AcmeHttpProtocol,
         server_header=False,
         ws="none",
-        timeout_graceful_shutdown=5,
+        timeout_keep_alive=spec.keep_alive_timeout,
+        timeout_graceful_shutdown=spec.shutdown_timeout,
     )
 
 
-def run_single(spec: WorkerSpec) -> None:
-    """One process: uvicorn binds the port itself (exclusively)."""
-    uvicorn.Server(_config(spec)).run()
-
-
-# ---- the worker's side ----------------------------------------------------------------
-
-
-class _HandedProtocol(AcmeHttpProtocol):
-    """The front end's protocol, telling the supervisor when its connection closes."""
+class _AcmeProtocol(AcmeHttpProtocol):
+    """The front end's protocol, releasing its connection's place when it closes."""
 
     on_closed: Callable[[], None] = staticmethod(lambda: None)
 
@@ -114,18 +126,56 @@ class _HandedProtocol(AcmeHttpProtocol):
             self.on_closed()
 
 
-class _HandedServer(uvicorn.Server):
-    """uvicorn serving the connections the supervisor hands over `channel` (it listens
-    on no socket of its own); lifespan, signals and graceful shutdown are uvicorn's."""
+def _acme_protocol(
+    server: ServingServer, http: HttpLimits, on_closed: Callable[[], None]
+) -> asyncio.Protocol:
+    protocol = _AcmeProtocol(
+        config=server.config,
+        server_state=server.server_state,
+        app_state=server.lifespan.state,
+        limits=http,
+    )
+    protocol.on_closed = on_closed
+    return protocol
 
-    def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
-        super().__init__(config)
+
+class _SingleServer(ListeningServer):
+    def __init__(self, spec: WorkerSpec, listener: socket.socket) -> None:
+        super().__init__(_config(spec), spec.limits, listener)
+        self._http = spec.http
+
+    def make_protocol(self, on_closed: Callable[[], None]) -> asyncio.Protocol:
+        return _acme_protocol(self, self._http, on_closed)
+
+
+def run_single(spec: WorkerSpec) -> None:
+    """One process, accepting from its own socket (bound here, exclusively, before the
+    lifespan starts: a port in use fails at once)."""
+    listener = listen(spec.host, spec.port)
+    try:
+        _SingleServer(spec, listener).run()
+    finally:
+        listener.close()
+
+
+# ---- the worker's side ----------------------------------------------------------------
+
+
+class _HandedServer(ServingServer):
+    """Serving the connections the supervisor hands over `channel`; lifespan, signals
+    and graceful shutdown are uvicorn's."""
+
+    def __init__(self, spec: WorkerSpec, channel: socket.socket) -> None:
+        super().__init__(_config(spec), spec.limits)
+        self._http = spec.http
         self._channel = channel
         self._reading = False
-        self._handshakes: set[asyncio.Task[None]] = set()
+
+    def make_protocol(self, on_closed: Callable[[], None]) -> asyncio.Protocol:
+        return _acme_protocol(self, self._http, on_closed)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=[])
+        await super().startup(sockets=sockets)
         if self.should_exit:
             return
         self._channel.setblocking(False)
@@ -135,8 +185,6 @@ class _HandedServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._stop_reading()
-        for task in list(self._handshakes):
-            task.cancel()
         await super().shutdown(sockets=sockets)
         self._channel.close()
 
@@ -164,43 +212,18 @@ class _HandedServer(uvicorn.Server):
                 self.should_exit = True
                 return
             for fd in fds:
-                sock = socket.socket(fileno=fd)
                 self._tell(_TAKEN)
-                if self.should_exit:
-                    sock.close()
-                    self._tell(_CLOSED)
-                    continue
-                task = asyncio.get_running_loop().create_task(self._serve_handed(sock))
-                self._handshakes.add(task)
-                task.add_done_callback(self._handshakes.discard)
-
-    def _protocol(self) -> asyncio.Protocol:
-        protocol = _HandedProtocol(
-            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
-        )
-        protocol.on_closed = functools.partial(self._tell, _CLOSED)
-        return protocol
-
-    async def _serve_handed(self, sock: socket.socket) -> None:
-        """TLS handshake, then the protocol owns the connection (and reports its close)."""
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                self._protocol,
-                sock,
-                ssl=self.config.ssl,
-                ssl_handshake_timeout=_HANDSHAKE_SECONDS,
-            )
-        except (OSError, asyncio.CancelledError, TimeoutError) as exc:
-            # A failed or abandoned handshake: the protocol never saw the connection.
-            sock.close()
-            self._tell(_CLOSED)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+                self.admit(socket.socket(fileno=fd), functools.partial(self._tell, _CLOSED))
+            for _ in range(data.count(_HANDED) - len(fds)):
+                # The kernel dropped the descriptor (this process could open no more,
+                # MSG_CTRUNC): let the supervisor close its copy, or it is kept for good.
+                log.warning("a handed connection arrived without its descriptor; closed")
+                self._tell(_TAKEN)
+                self._tell(_CLOSED)
 
 
 def _worker_main(spec: WorkerSpec, channel: socket.socket) -> None:
-    _HandedServer(_config(spec), channel).run()
+    _HandedServer(spec, channel).run()
 
 
 # ---- the supervisor's side ------------------------------------------------------------
@@ -219,27 +242,16 @@ class _Worker:
     first: handed again to another worker if this one dies without taking them."""
 
 
-def _listen(spec: WorkerSpec) -> socket.socket:
-    """The port, bound by the supervisor alone (no SO_REUSEPORT: nothing else may join)."""
-    sock = socket.socket(_family(spec.host), socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((spec.host, spec.port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class _Supervisor:
     def __init__(self, spec: WorkerSpec, workers: int) -> None:
         self._spec = spec
         self._context = multiprocessing.get_context("spawn")
         self._selector = selectors.DefaultSelector()
-        self._listener = _listen(spec)
+        self._listener = listen(spec.host, spec.port)
         self._accepting = False
+        self._paused_until = 0.0
+        self._full = RefusalLog("every worker is at max_connections")
+        self._out_of_fds = RefusalLog("cannot accept")
         self._all_started = False
         self._start_deadline = time.monotonic() + _ALL_READY_SECONDS
         self._workers: list[_Worker | None] = [None] * workers
@@ -275,11 +287,17 @@ class _Supervisor:
         """Accept only while a worker is ready, and at start once all of them are (or
         after `_ALL_READY_SECONDS`): until then connections wait in the kernel's backlog,
         so that those opened at once are spread over every worker instead of going to the
-        first one up. (A listener left readable would also spin the select.)"""
+        first one up. (A listener left readable would also spin the select.) Not either
+        for a moment after accept failed for want of descriptors."""
         states = [w is not None and w.ready for w in self._workers]
-        if not self._all_started and (all(states) or time.monotonic() > self._start_deadline):
+        now = time.monotonic()
+        if not self._all_started and (all(states) or now > self._start_deadline):
             self._all_started = True
         ready = any(states) if self._all_started else False
+        if self._paused_until > now:
+            ready = False
+        else:
+            self._paused_until = 0.0
         if ready and not self._accepting:
             self._selector.register(self._listener, selectors.EVENT_READ, None)
         elif not ready and self._accepting:
@@ -287,13 +305,16 @@ class _Supervisor:
         self._accepting = ready
 
     def _hand(self, conn: socket.socket) -> None:
-        """To the ready worker with the fewest unacknowledged, then open, connections;
-        the supervisor's copy is kept until the worker acknowledges it."""
-        candidates = sorted(
-            (len(w.pending), w.open, i)
-            for i, w in enumerate(self._workers)
-            if w is not None and w.ready
-        )
+        """To the ready worker with the fewest unacknowledged, then open, connections,
+        and fewer than `max_connections`; the supervisor's copy is kept until the worker
+        acknowledges it. With every worker full, closed at once."""
+        cap = self._spec.limits.max_connections
+        ready = [(i, w) for i, w in enumerate(self._workers) if w is not None and w.ready]
+        candidates = sorted((len(w.pending), w.open, i) for i, w in ready if w.open < cap)
+        if ready and not candidates:
+            self._full.refused(f"{len(ready)} x {cap} open")
+            conn.close()
+            return
         for _, _, index in candidates:
             worker = self._workers[index]
             assert worker is not None
@@ -314,11 +335,14 @@ class _Supervisor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept: %s", exc)
-                    time.sleep(0.01)
-                    return
-                raise
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # gone before it was accepted
+                # Out of descriptors or buffers (EMFILE, ENOBUFS): stop accepting for a
+                # moment instead of spinning (it slept 10 ms a turn and logged each).
+                self._out_of_fds.refused(str(exc))
+                self._paused_until = time.monotonic() + _ACCEPT_PAUSE
+                self._accept_while_ready()
+                return
             self._hand(conn)
 
     def _read(self, index: int) -> None:
@@ -363,8 +387,8 @@ class _Supervisor:
                 else:
                     self._read(key.data)
             self._restart_dead()
-            if not self._all_started:
-                self._accept_while_ready()  # the start deadline may have passed
+            if not self._all_started or (self._paused_until and not self._accepting):
+                self._accept_while_ready()  # a deadline or a pause may have passed
 
     def close(self) -> None:
         """Stop taking connections, then stop the workers (each ends gracefully)."""
@@ -376,8 +400,11 @@ class _Supervisor:
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        # One deadline for all (each had 10 s in turn: 20 s for two stuck workers).
+        deadline = time.monotonic() + self._spec.shutdown_timeout + _STOP_MARGIN
         for process in processes:
-            process.join(10)
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
             if process.is_alive():
                 process.kill()
                 process.join(5)

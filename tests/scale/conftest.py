@@ -50,6 +50,7 @@ class Cluster:
         log_level: str = "warning",
         http01_port: int | None = None,
         external_url: str = EXTERNAL_URL,
+        extra_args: tuple[str, ...] = (),
     ) -> ServerProcess:
         n = len(self.servers)
         server = ServerProcess(
@@ -64,6 +65,7 @@ class Cluster:
             log_level=log_level,
             http01_port=http01_port,
             external_url=external_url,
+            extra_args=extra_args,
         )
         self.servers.append(server)
         return server

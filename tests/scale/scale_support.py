@@ -215,6 +215,8 @@ class ServerProcess:
     log_level: str = "warning"
     http01_port: int | None = None
     """Where the VA fetches http-01 responses; default: the challenge test server's."""
+    extra_args: tuple[str, ...] = ()
+    """More `acme-ca serve` flags (limits, timeouts)."""
     revocation_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -247,6 +249,7 @@ class ServerProcess:
             "http://status.acme.test",
             "--log-level",
             self.log_level,
+            *self.extra_args,
         ]
 
     def start(self) -> None:
