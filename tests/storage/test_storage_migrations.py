@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -19,9 +20,11 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from acme_ca.clock import FakeClock
+from acme_ca.errors import Identifier
 from acme_ca.model import AuthzStatus, ChallengeStatus, OrderStatus
 from acme_ca.storage import migrate
 from acme_ca.storage.engine import Engines, create_engines
+from acme_ca.storage.inventory import CertificateFilter, Inventory
 from acme_ca.storage.schema import metadata
 from acme_ca.storage.store import Storage
 
@@ -207,3 +210,66 @@ async def test_upgrade_settles_orders_the_replacement_index_would_refuse(engines
         "live": ("ready", "c3"),
         "failed": ("invalid", "c3"),
     }
+
+
+async def _indexes(engines: Engines, table: str) -> dict[str, list[str]]:
+    def read(conn: Connection) -> dict[str, list[str]]:
+        return {
+            str(ix["name"]): [str(c) for c in ix["column_names"]]
+            for ix in inspect(conn).get_indexes(table)
+        }
+
+    async with engines.reader.connect() as conn:
+        return await conn.run_sync(read)
+
+
+_ISSUED_AT_0005 = [
+    (
+        "INSERT INTO authzs (id, account_id, identifier_type, identifier_value, wildcard,"
+        " status, expires, created_at) VALUES ('authz1', 'acct1', 'dns', 'a.example.test',"
+        " :false, 'valid', :later, :now)"
+    ),
+    "INSERT INTO order_authzs (order_id, authz_id) VALUES ('order1', 'authz1')",
+    (
+        "INSERT INTO certificates (id, serial, account_id, order_id, identifiers, pem_chains,"
+        " spki_sha256, not_before, not_after, issued_at) VALUES ('cert1', 'abc', 'acct1',"
+        " 'order1', '[[\"dns\",\"a.example.test\"]]', '[\"PEM\"]', '00', :now, :later, :now)"
+    ),
+]
+
+
+async def test_upgrade_indexes_certificates_by_name_and_account(engines: Engines) -> None:
+    """0006 (`admin certificates`, `admin revoke`): a name's authorizations, and an
+    account's certificates in id order; under existing rows, and back down again."""
+    await migrate.upgrade(engines, "0005_one_live_replacement")
+    await migrate.upgrade(engines, "0004_terms_agreement")
+    assert await _revisions(engines) == _heads() - {"0006_certificate_inventory"}
+    now = (NOW - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    params = {"now": now, "later": now + 86_400 * US, "false": False}
+    async with engines.writer.begin() as conn:
+        for statement in _ISSUED_AT_0005:
+            await conn.execute(text(statement), params)
+    assert (await _indexes(engines, "certificates"))["ix_certificates_account"] == ["account_id"]
+    assert "ix_authzs_identifier" not in await _indexes(engines, "authzs")
+
+    await migrate.upgrade(engines)
+
+    assert await _revisions(engines) == _heads()
+    certificates_ix = await _indexes(engines, "certificates")
+    assert certificates_ix["ix_certificates_account"] == ["account_id", "id"]
+    assert (await _indexes(engines, "authzs"))["ix_authzs_identifier"] == ["identifier_value"]
+    inventory = Inventory(engines)
+    by_name = CertificateFilter(name=Identifier(type="dns", value="a.example.test"))
+    for wanted in (by_name, CertificateFilter(account_id="acct1")):
+        found, more = await inventory.find(wanted, now=NOW, limit=10)
+        assert [c.serial for c in found] == ["abc"]
+        assert not more
+
+    def downgrade(conn: Connection) -> None:
+        command.downgrade(migrate._config(conn), "0006_certificate_inventory@-1")
+
+    async with engines.writer.begin() as conn:
+        await conn.run_sync(downgrade)
+    assert await _revisions(engines) == _heads() - {"0006_certificate_inventory"}
+    assert (await _indexes(engines, "certificates"))["ix_certificates_account"] == ["account_id"]
+    assert "ix_authzs_identifier" not in await _indexes(engines, "authzs")

@@ -115,7 +115,9 @@ certificates = Table(
     Column("issued_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
     Column("revocation_reason", Integer, nullable=True),
-    Index("ix_certificates_account", "account_id"),
+    # An account's certificates newest first, a page at a time (`admin certificates`):
+    # ids lead with their creation time (migration 0006_certificate_inventory).
+    Index("ix_certificates_account", "account_id", "id"),
     Index("ix_certificates_spki", "spki_sha256"),
 )
 
@@ -201,3 +203,10 @@ ux_orders_replaces_live = Index(
     sqlite_where=text(_LIVE),
     postgresql_where=text(_LIVE),
 )
+
+# ---- certificate inventory (migration 0006_certificate_inventory) -------------
+
+# Certificates by name (`admin certificates --name`, `admin revoke --name`): a
+# certificate keeps its names as JSON text, so they are found through the
+# authorizations of its order (`storage.inventory`).
+ix_authzs_identifier = Index("ix_authzs_identifier", authzs.c.identifier_value)
