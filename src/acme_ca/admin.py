@@ -1,8 +1,10 @@
 """`acme-ca admin ...`: operator commands that act on the database directly.
 
-Today: External Account Binding keys (RFC 8555 §7.3.4): create, list, revoke. The
-CLI registers these subcommands and hands in its settings loader, so that this
-module reads no configuration itself.
+External Account Binding keys (RFC 8555 §7.3.4: create, list, revoke) here; early
+renewal (`admin_renewal`), revocation (`admin_revocation`), the certificate listing
+(`admin_certificates`) and seeding (`seed`) in modules of their own. The CLI
+registers these subcommands and hands in its settings loader, so that this module
+reads no configuration itself.
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ def register_admin_commands(
     from acme_ca.admin_renewal import register_renew_early
 
     register_renew_early(groups, add_common=add_common, load=load)
+    from acme_ca.admin_revocation import register_revoke
+
+    register_revoke(groups, add_common=add_common, load=load)
+    from acme_ca.admin_certificates import register_certificates
+
+    register_certificates(groups, add_common=add_common, load=load)
     from acme_ca.seed import register_seed
 
     register_seed(groups, add_common=add_common, load=load)
