@@ -277,7 +277,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"root certificate to trust: {(data_dir / 'root.pem').resolve()}", flush=True)
     limits = _connection_limits(settings)
     try:
-        status_listener = _start_status_listener(settings)
+        status_listener = _start_status_listener(settings, limits)
     except Exception as exc:  # port in use, unreadable CA files, database: say which
         where = settings.revocation_listen
         print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
@@ -325,7 +325,7 @@ def _connection_limits(settings: Settings) -> ConnectionLimits:
     return fit_limits(limits, listeners=2 if settings.workers == 1 else settings.workers + 1)
 
 
-def _start_status_listener(settings: Settings) -> StatusListener:
+def _start_status_listener(settings: Settings, limits: ConnectionLimits) -> StatusListener:
     """The CRL/OCSP listener: one per `serve`, in this (parent) process, whatever the
     number of workers (acme_ca.status.server explains why)."""
     from acme_ca.status import CrlSettings, StatusListener, StatusSettings, bind_listener
@@ -341,6 +341,9 @@ def _start_status_listener(settings: Settings) -> StatusListener:
             ocsp=settings.ocsp,
             crl=CrlSettings(shards=settings.crl_shards),
             log_level=settings.log_level,
+            limits=limits,
+            request_timeout=settings.request_timeout,
+            keep_alive_timeout=settings.keep_alive_timeout,
         ),
         bind_listener(host, port),
     )

@@ -222,22 +222,17 @@ class ListeningServer(ServingServer):
         super().__init__(config, limits)
         self._listener = listener
         self._reading = False
-        self._out_of_fds = RefusalLog("cannot accept")
+        host, port = listener.getsockname()[:2]
+        self.address = f"{'https' if config.is_ssl else 'http'}://{host}:{port}"
+        self._refusals = RefusalLog(f"{self.address}: connection limit reached")
+        self._out_of_fds = RefusalLog(f"{self.address}: cannot accept")
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.should_exit:
             return
         self._resume_accepting()
-        host, port = self._listener.getsockname()[:2]
-        scheme = "https" if self.config.ssl is not None else "http"
-        log.info(
-            "serving %s://%s:%d (at most %d connections)",
-            scheme,
-            host,
-            port,
-            self.limits.max_connections,
-        )
+        log.info("serving %s (at most %d connections)", self.address, self.limits.max_connections)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._pause_accepting()

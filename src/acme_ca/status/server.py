@@ -8,6 +8,14 @@ workers start (a port in use fails the command at once), and serves it from a
 thread of the parent process with its own database engines: exactly one
 listener whatever N is. Its state is the database's, so it needs nothing from
 the workers (see `acme_ca.status.crls` and `acme_ca.status.responder`).
+
+It is plain HTTP for any relying party, and shares the process (its descriptors)
+with the ACME listener or the supervisor, so it is capped and bounded as they are
+(acme_ca.listener): at most `max_connections` open, and a connection that has not
+completed a request within `request_timeout` of its start or of its last answer is
+closed. uvicorn's own protocol bounds only the idle time after an answer: idle
+connections, and one sending a header byte a second, were still open after 90 s,
+and 500 of them left the ACME listener beside it unable to accept.
 """
 
 from __future__ import annotations
@@ -19,18 +27,22 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from acme_ca.ca.bootstrap import INTERMEDIATE_CERT, INTERMEDIATE_KEY
 from acme_ca.ca.ocsp import OcspSigner, ensure_ocsp_signer
 from acme_ca.clock import Clock, SystemClock
+from acme_ca.listener import ConnectionLimits, ListeningServer
 from acme_ca.status.app import create_status_app
 from acme_ca.status.crls import CrlPublisher, CrlSettings
 from acme_ca.status.responder import OcspResponder, OcspSettings
@@ -58,6 +70,12 @@ class StatusSettings:
     log_level: str = "info"
     maintenance_interval: dt.timedelta = dt.timedelta(minutes=5)
     """How often CRLs are checked for rebuild and the OCSP signer for renewal."""
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    request_timeout: float = 30.0
+    """Seconds a connection may go without a complete request (from its start, or
+    from its last answer)."""
+    keep_alive_timeout: int = 5
+    """Seconds an idle connection is kept after an answer (uvicorn's keep-alive)."""
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -133,6 +151,82 @@ async def build_status(settings: StatusSettings, *, clock: Clock | None = None) 
     )
 
 
+class _StatusProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with a deadline for each request: armed when the connection
+    opens and after each answer, disarmed once a request is read whole."""
+
+    def __init__(
+        self,
+        *,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        request_timeout: float,
+        on_closed: Callable[[], None],
+    ) -> None:
+        super().__init__(config=config, server_state=server_state, app_state=app_state)
+        self._request_timeout = request_timeout
+        self._on_closed = on_closed
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._on_closed()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self._request_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._arm()  # a request read whole and being answered: not the client's delay
+            return
+        # Idle or half-read (slowloris): nothing is owed (RFC 9112 §9.5: a server may
+        # close at any time).
+        self.transport.close()
+
+
+class _StatusServer(ListeningServer):
+    def __init__(
+        self, config: uvicorn.Config, settings: StatusSettings, sock: socket.socket
+    ) -> None:
+        sock.setblocking(False)
+        super().__init__(config, settings.limits, sock)
+        self._request_timeout = settings.request_timeout
+
+    def make_protocol(self, on_closed: Callable[[], None]) -> asyncio.Protocol:
+        return _StatusProtocol(
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+            request_timeout=self._request_timeout,
+            on_closed=on_closed,
+        )
+
+
 class StatusListener:
     """Serves the status app on `sock` from a daemon thread with its own event loop."""
 
@@ -180,11 +274,12 @@ class StatusListener:
                 log_config=None,
                 log_level=self._settings.log_level,
                 access_log=False,
+                timeout_keep_alive=self._settings.keep_alive_timeout,
                 timeout_graceful_shutdown=2,
             )
-            server = uvicorn.Server(config)
+            server = _StatusServer(config, self._settings, self._sock)
             self._server = server
-            serving = asyncio.create_task(server.serve(sockets=[self._sock]))
+            serving = asyncio.create_task(server.serve())
             # The socket is listening already: connections wait in its backlog.
             self._started.set()
             interval = self._settings.maintenance_interval.total_seconds()
