@@ -4,13 +4,14 @@ uvicorn's server (asyncio's `create_server`) accepts whatever the kernel queues 
 offers no hook before the TLS handshake, which it lets run for asyncio's default
 60 s. A client that opened idle connections (TCP alone, or TLS and no request) could
 hold every file descriptor of the process: at that limit uvloop reset each new
-connection, and anything else needing a descriptor failed too (seen with 400 idle
-TCP connections against a limit of 400). So a serving process takes its connections
-itself (`ListeningServer` from its own socket, the supervisor's workers from their
-channel), counts each from accept to close, TLS handshake included, and closes new
-ones at once while `max_connections` are open. A refusal costs no handshake, the
-part an idle flood makes expensive (a 503 would need one first); connections already
-open are served on, and new ones are taken again as soon as one closes.
+connection (seen with 600 idle TCP connections against a limit of 400), and anything
+else needing a descriptor (a database file, a validation's socket) would fail too.
+So a serving process takes its connections itself (`ListeningServer` from its own
+socket, the supervisor's workers from their channel), counts each from accept to
+close, TLS handshake included, and closes new ones at once while `max_connections`
+are open. A refusal costs no handshake, the part an idle flood makes expensive (a 503
+would need one first); connections already open are served on, and new ones are
+taken again as soon as one closes.
 
 Must not: import the front end (the status listener serves through this too).
 """
