@@ -245,7 +245,8 @@ async def _wait_for_blocked_insert(database: str, finalize: asyncio.Task[object]
             assert not finalize.done(), finalize
             row = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s"
-                " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO certificates%%'",
+                # The certificate INSERT is one part of the issuance's single statement.
+                " AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO certificates%%'",
                 (name,),
             ).fetchone()
             if row is not None:
