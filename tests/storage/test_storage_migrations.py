@@ -153,7 +153,8 @@ async def test_upgrade_keeps_existing_data(engines: Engines) -> None:
     assert authz is not None
     assert authz.status == AuthzStatus.PENDING
     assert [c.status for c in authz.challenges] == [ChallengeStatus.PENDING]
-    if not store.nonce_scope:
+    if store.nonce_scope_can_change:
+        # PostgreSQL: the redemption is still there (0007 made the table unlogged).
         assert not await store.redeem_nonce("nonce1", NOW)
     # On SQLite redemptions moved to the nonce log and the nonce key is bound to the
     # boot (storage.nonce_log): a nonce issued before the upgrade fails its MAC.
@@ -243,7 +244,7 @@ async def test_upgrade_indexes_certificates_by_name_and_account(engines: Engines
     account's certificates in id order; under existing rows, and back down again."""
     await migrate.upgrade(engines, "0005_one_live_replacement")
     await migrate.upgrade(engines, "0004_terms_agreement")
-    assert await _revisions(engines) == _heads() - {"0006_certificate_inventory"}
+    assert await _revisions(engines) == {"0004_terms_agreement", "0005_one_live_replacement"}
     now = (NOW - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
     params = {"now": now, "later": now + 86_400 * US, "false": False}
     async with engines.writer.begin() as conn:
@@ -273,3 +274,38 @@ async def test_upgrade_indexes_certificates_by_name_and_account(engines: Engines
     assert await _revisions(engines) == _heads() - {"0006_certificate_inventory"}
     assert (await _indexes(engines, "certificates"))["ix_certificates_account"] == ["account_id"]
     assert "ix_authzs_identifier" not in await _indexes(engines, "authzs")
+
+
+async def test_upgrade_makes_used_nonces_unlogged_on_postgresql(engines: Engines) -> None:
+    """0007: redemptions write no WAL on PostgreSQL (the nonce key is bound to the
+    server's start instead); their rows stay; back down again. Nothing on SQLite."""
+    await migrate.upgrade(engines, "0001")
+    async with engines.writer.begin() as conn:
+        await conn.execute(text("INSERT INTO used_nonces (value, expires) VALUES ('n1', 1)"))
+    await migrate.upgrade(engines)
+    assert await _revisions(engines) == _heads()
+    postgres = engines.dialect != "sqlite"
+    if postgres:
+        assert await _persistence(engines, "used_nonces") == "u"
+        store = Storage(engines, FakeClock(NOW))
+        assert not await store.redeem_nonce("n1", NOW)  # still recorded
+
+    def downgrade(conn: Connection) -> None:
+        command.downgrade(migrate._config(conn), "0007_unlogged_nonces@-1")
+
+    async with engines.writer.begin() as conn:
+        await conn.run_sync(downgrade)
+    assert "0007_unlogged_nonces" not in await _revisions(engines)
+    if postgres:
+        assert await _persistence(engines, "used_nonces") == "p"
+
+
+async def _persistence(engines: Engines, table: str) -> str:
+    async with engines.reader.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT relpersistence FROM pg_class WHERE relname = :t"), {"t": table}
+            )
+        ).first()
+    assert row is not None
+    return str(row[0])

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -38,7 +38,7 @@ from acme_ca.storage.migrate import upgrade
 from acme_ca.storage.policy import PolicyStore
 from acme_ca.storage.schema import authzs as authzs_table
 from acme_ca.storage.schema import jobs, orders
-from acme_ca.storage.store import Storage
+from acme_ca.storage.store import NonceScopeChanged, Storage
 
 ROUNDS = 12
 SECOND = dt.timedelta(seconds=1)
@@ -640,6 +640,40 @@ async def test_a_nonce_is_redeemed_once_across_processes(pair: Pair) -> None:
     assert all(sorted(r) == [False, True] for r in results), results
     assert not await pair.a.redeem_nonce(values[0], expires)
     assert not await pair.b.redeem_nonce(values[0], expires)
+
+
+async def test_a_redemption_bound_to_an_earlier_server_start_is_refused(
+    pair: Pair, empty_database_url: str
+) -> None:
+    """PostgreSQL: `used_nonces` is unlogged, so a redemption carries the server start its
+    nonce key is bound to; bound to another (the server has restarted since), nothing is
+    recorded and `NonceScopeChanged` tells the nonce service to bind its key anew."""
+    _postgres_only(empty_database_url)
+    expires = pair.clock.now() + dt.timedelta(hours=1)
+    scope = await pair.a.load_nonce_scope()
+    assert scope.startswith(b"postgresql-start:")
+    assert pair.a.nonce_scope_can_change
+    account = await _account(pair.a, pair.clock.now())
+    redemptions: list[Callable[[], Awaitable[bool | None]]] = [
+        lambda: pair.a.redeem_nonce("after-restart", expires),
+        lambda: pair.a.redeem_nonce_for_account(
+            "after-restart", expires, account_id=account.id, thumbprint=account.thumbprint
+        ),
+    ]
+    for redeem in redemptions:
+        pair.a._pg_started = -1  # as if the key was bound before a restart of the server
+        with pytest.raises(NonceScopeChanged):
+            await redeem()
+        assert await pair.a.load_nonce_scope() == scope  # the start as it is
+    assert await pair.a.redeem_nonce("after-restart", expires)
+    assert not await pair.b.redeem_nonce("after-restart", expires)
+    # An account that changed is still told apart from a restart.
+    assert (
+        await pair.a.redeem_nonce_for_account(
+            "other", expires, account_id=account.id, thumbprint="not-its-key"
+        )
+        is None
+    )
 
 
 async def test_used_nonces_are_purged_after_they_expire(pair: Pair) -> None:

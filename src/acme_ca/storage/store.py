@@ -34,7 +34,23 @@ from acme_ca.storage.database import Database, IntegrityError, Row, Sql
 from acme_ca.storage.engine import Engines
 from acme_ca.storage.nonce_log import boot_id
 
-__all__ = ["KeyChange", "OrderOutcome", "Storage", "StorageReader"]
+__all__ = ["KeyChange", "NonceScopeChanged", "OrderOutcome", "Storage", "StorageReader"]
+
+
+class NonceScopeChanged(Exception):
+    """PostgreSQL restarted since this process bound its nonce key to the server's
+    start: redemptions made before it may be gone (`used_nonces` is unlogged), so
+    nonces issued before it are refused; reload the scope (`load_nonce_scope`)."""
+
+
+# PostgreSQL: the server's start, in µs; `used_nonces` (UNLOGGED, migration 0007) is
+# emptied by a crash, and every start changes this.
+_PG_START = "CAST(EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000 AS BIGINT)"
+_REDEEM_PG = "INSERT INTO used_nonces (value, expires) SELECT ?, ? WHERE " + _PG_START + " = ?"
+_REDEEM_FOR_ACCOUNT_PG = (
+    _REDEEM_PG + " AND EXISTS"  # noqa: S608 - put together from constants only
+    " (SELECT 1 FROM accounts WHERE id = ? AND status = ? AND thumbprint = ?)"
+)
 
 KeyChange = Literal["changed", "in use", "stale"]
 OrderOutcome = Literal["created", "replaced", "account deactivated", "authz gone"]
@@ -387,6 +403,8 @@ class Storage:
         self._clock = clock
         self._for_update = engines.dialect != "sqlite"
         self._postgres = self._for_update
+        self._pg_started: int | None = None
+        """PostgreSQL's start (µs) that this process's nonce key is bound to."""
 
     @property
     def engines(self) -> Engines:
@@ -1010,22 +1028,50 @@ class Storage:
 
     # ---- nonces --------------------------------------------------------------
 
+    async def load_nonce_scope(self) -> bytes:
+        """What the nonce MAC key is bound to besides the stored key: on SQLite the boot
+        (`nonce_log`), on PostgreSQL the server's start (read now; a redemption refused
+        for a later start raises `NonceScopeChanged`)."""
+        if self._db.nonce_log is not None:
+            return b"sqlite-boot:" + boot_id()
+        row = await self._db.read(_one, "SELECT " + _PG_START + " AS started", ())
+        assert row is not None
+        self._pg_started = int(row["started"])
+        return b"postgresql-start:%d" % self._pg_started
+
     @property
-    def nonce_scope(self) -> bytes:
-        """What the nonce MAC key is bound to besides the stored key (`nonce_log`)."""
-        return b"sqlite-boot:" + boot_id() if self._db.nonce_log is not None else b""
+    def nonce_scope_can_change(self) -> bool:
+        """Whether the scope may change under a running process (PostgreSQL's restart;
+        a machine's boot cannot)."""
+        return self._db.nonce_log is None
+
+    async def _pg_scope(self) -> int:
+        if self._pg_started is None:
+            await self.load_nonce_scope()
+        assert self._pg_started is not None
+        return self._pg_started
+
+    async def _check_pg_scope(self) -> None:
+        """After a refused redemption: raise if the server has restarted since."""
+        started = self._pg_started
+        await self.load_nonce_scope()
+        if self._pg_started != started:
+            raise NonceScopeChanged()
 
     async def redeem_nonce(self, value: str, expires: dt.datetime) -> bool:
         """Record a nonce as used; False if it was used before (RFC 8555 §6.5)."""
         if self._db.nonce_log is not None:
             return self._db.nonce_log.redeem(value, codec.to_us(expires))
         try:
-            await self._db.write_one(
-                "INSERT INTO used_nonces (value, expires) VALUES (?, ?)",
-                (value, codec.to_us(expires)),
+            inserted = await self._db.write_one(
+                _REDEEM_PG, (value, codec.to_us(expires), await self._pg_scope())
             )
         except IntegrityError:
             return False
+        if inserted != 1:
+            # The start is the statement's only guard: the server has restarted.
+            await self.load_nonce_scope()
+            raise NonceScopeChanged()
         return True
 
     @property
@@ -1046,15 +1092,17 @@ class Storage:
             if account.thumbprint != thumbprint:
                 return None
             return await self.redeem_nonce(value, expires)
+        params = (value, codec.to_us(expires), await self._pg_scope())
         try:
             inserted = await self._db.write_one(
-                "INSERT INTO used_nonces (value, expires) SELECT ?, ? WHERE EXISTS"
-                " (SELECT 1 FROM accounts WHERE id = ? AND status = ? AND thumbprint = ?)",
-                (value, codec.to_us(expires), account_id, AccountStatus.VALID, thumbprint),
+                _REDEEM_FOR_ACCOUNT_PG, (*params, account_id, AccountStatus.VALID, thumbprint)
             )
         except IntegrityError:
             return False
-        return True if inserted == 1 else None
+        if inserted == 1:
+            return True
+        await self._check_pg_scope()  # raises if it was the server's restart
+        return None
 
     async def purge_used_nonces(self, now: dt.datetime) -> int:
         cutoff = codec.to_us(now)
