@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -127,6 +128,42 @@ async def test_postgres_pool_recovers_when_the_server_drops_its_connections(
         assert await db.write_one("SELECT 1") in (-1, 1)
     finally:
         await db.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_connection_ended_by_the_server_is_not_pooled_again(
+    postgres_database: str,
+) -> None:
+    """A FATAL of class 57 (PostgreSQL crashed, shutting down) ends the session even
+    while `is_closed()` still says no: the connection is dropped, not pooled, and the
+    next unit runs on a new one (seen: a pooled one failed its next statement with
+    'another operation is in progress' after PostgreSQL was killed under load)."""
+    db = Database(postgres_dsn=_dsn(postgres_database), pool_size=1)
+    try:
+        pid = await db.read(_backend_pid)
+
+        async def ended(sql: Sql) -> None:
+            await sql.one("SELECT 1")
+            raise asyncpg.exceptions.CrashShutdownError("terminating connection because of crash")
+
+        with pytest.raises(asyncpg.exceptions.CrashShutdownError) as raised:
+            await db.read(ended)
+        assert database.unavailable(raised.value)
+        assert await db.read(_backend_pid) != pid
+    finally:
+        await db.close()
+
+
+async def test_what_counts_as_the_database_being_unavailable() -> None:
+    """A 503 with Retry-After for these (wfe), a 500 for anything else."""
+    assert database.unavailable(ConnectionRefusedError(111, "Connection refused"))
+    assert database.unavailable(psycopg.OperationalError("connection failed"))
+    assert database.unavailable(asyncpg.exceptions.AdminShutdownError("shutting down"))
+    assert database.unavailable(asyncpg.exceptions.InternalClientError("another operation"))
+    assert database.unavailable(sqlite3.OperationalError("database is locked (writer lock)"))
+    assert not database.unavailable(sqlite3.OperationalError("no such table: orders"))
+    assert not database.unavailable(asyncpg.exceptions.UniqueViolationError("duplicate key"))
+    assert not database.unavailable(ValueError("a bug"))
 
 
 def _terminate(dsn: str, pid: int) -> None:

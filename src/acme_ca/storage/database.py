@@ -48,7 +48,7 @@ from psycopg.rows import dict_row
 from acme_ca.storage.nonce_log import SqliteNonceLog
 from acme_ca.storage.sqlite import LOCK_WAIT_SECONDS, connect_sqlite
 
-__all__ = ["ConnectionLost", "Database", "IntegrityError", "Row", "Sql"]
+__all__ = ["ConnectionLost", "Database", "IntegrityError", "Row", "Sql", "unavailable"]
 
 T = TypeVar("T")
 Row = Any
@@ -66,6 +66,27 @@ ConnectionLost: tuple[type[Exception], ...] = (
     OSError,
 )
 """What a PostgreSQL unit raises when its connection broke under it."""
+
+# The server ends the session with these (class 57, operator intervention: shutdown,
+# crash of another backend, not accepting yet) or the driver lost track of it; the
+# connection is not to be used again, whatever `is_closed()` says at that moment.
+# Seen with PostgreSQL killed under load: a connection put back after its FATAL
+# 57P02 failed the next statement with "another operation is in progress".
+_APG_ENDED = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot be used right now (its server is down,
+    restarting or unreachable, or the SQLite writer lock stayed taken): worth a 503 and
+    a retry, not a 500."""
+    if isinstance(exc, (*ConnectionLost, *_APG_ENDED)):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
 
 _MAX_BATCH = 256
 # While another process holds the SQLite writer lock, how often the loop tries again.
@@ -632,13 +653,13 @@ class Database:
                     result = await fn(sql, *args)
                 except BaseException as exc:
                     sql_error = isinstance(exc, asyncpg.PostgresError) and not isinstance(
-                        exc, asyncpg.PostgresConnectionError
+                        exc, _APG_ENDED
                     )
                     if sql_error and not conn.is_closed():
                         self._apg_idle.append(conn)  # an SQL error leaves it usable
                         raise
                     conn.terminate()
-                    if not isinstance(exc, (*ConnectionLost, asyncpg.PostgresError)):
+                    if not isinstance(exc, (*ConnectionLost, *_APG_ENDED, asyncpg.PostgresError)):
                         raise  # cancelled, or not the server's doing
                     # The server went away (restart, failover, terminated backend): the
                     # other idle connections are as dead as this one.
