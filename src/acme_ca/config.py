@@ -109,6 +109,10 @@ class Settings:
     """Seconds an idle connection is kept open (before its first request, between them)."""
     shutdown_timeout: int = 5
     """Seconds answers in flight get on SIGTERM; those still running then get a 503."""
+    metrics: bool = True
+    """Record Prometheus metrics and serve them on `metrics_listen` (docs/DEPLOYMENT.md)."""
+    metrics_listen: str = "127.0.0.1:14090"
+    """HOST:PORT of the plain-HTTP listener answering GET /metrics."""
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, what="listen")
@@ -157,6 +161,7 @@ class Settings:
             raise ConfigError("request_header_timeout must not exceed request_timeout")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout must not be negative")
+        parse_hostport(self.metrics_listen, what="metrics_listen")
 
     @property
     def listen_host(self) -> str:

@@ -18,6 +18,7 @@ from acme_ca.ca import CertificateAuthority
 from acme_ca.ca.profiles import profile_description, profiles_from_config
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.config import Settings
+from acme_ca.metrics.recorder import NO_METRICS, Metrics, PrometheusMetrics, process_metrics
 from acme_ca.nonces import NonceService
 from acme_ca.policy.identifiers import IdentifierPolicy
 from acme_ca.policy.keys import KeyPolicy
@@ -80,9 +81,17 @@ def _identifier_policy(settings: Settings) -> IdentifierPolicy:
 
 
 async def build_service(
-    settings: Settings, *, clock: Clock | None = None, va: ValidationAuthority | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    va: ValidationAuthority | None = None,
+    metrics: Metrics | None = None,
 ) -> AcmeService:
+    """The components of one serving process. `metrics`: what they record into; by
+    default a recorder of their own (in memory) when `settings.metrics`."""
     clock = clock or SystemClock()
+    if metrics is None:
+        metrics = PrometheusMetrics() if settings.metrics else NO_METRICS
     engines = create_engines(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -140,6 +149,7 @@ async def build_service(
             identifier_policy=_identifier_policy(settings),
             key_policy=key_policy,
             settings=ra_settings,
+            metrics=metrics,
         )
     )
     nonces = await NonceService.create(storage, clock)
@@ -165,6 +175,7 @@ async def build_service(
             profiles={name: profile_description(p) for name, p in ra_settings.profiles.items()},
             new_authz=settings.new_authz,
         ),
+        metrics=metrics,
     )
     return AcmeService(
         settings=settings,
@@ -211,7 +222,8 @@ class AcmeAsgiApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self._service = await build_service(self._settings)
+                    # The process's recorder: the listener records into it too.
+                    self._service = await build_service(self._settings, metrics=process_metrics())
                     # Look for stale jobs at least twice per lease (DESIGN.md, State and scale).
                     lease = self._settings.job_lease_seconds
                     self._service.ra.start(maintenance_interval=min(5.0, lease / 2))

@@ -97,6 +97,7 @@ class AccountService:
         created = stored.id == account.id
         if created:
             await self._limits.record_new_account(client_ip, now)
+            self._ctx.metrics.account_created()
         elif eab is not None:
             # The key registered concurrently through another request: unbind.
             await self._eab.release(eab.kid, account.id)

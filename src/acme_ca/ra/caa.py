@@ -57,6 +57,7 @@ class CaaPolicy:
             if error is not None:
                 problems.extend(_subproblems(error, authz))
         if problems:
+            ctx.metrics.caa_failure("finalize")
             detail = (
                 problems[0].detail
                 if len(problems) == 1

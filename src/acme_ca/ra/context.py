@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from acme_ca.ca import CertificateAuthority, CertificateProfile
 from acme_ca.clock import Clock
+from acme_ca.metrics.recorder import NO_METRICS, Metrics
 from acme_ca.model import RevocationReason
 from acme_ca.policy.identifiers import IdentifierPolicy
 from acme_ca.policy.keys import KeyPolicy
@@ -91,3 +92,4 @@ class RAContext:
     identifier_policy: IdentifierPolicy
     key_policy: KeyPolicy
     settings: RASettings
+    metrics: Metrics = NO_METRICS

@@ -115,13 +115,15 @@ class IssuanceService:
         serial = await ctx.storage.get_order_serial(order_id)
         if order.csr_der is None or serial is None:
             await ctx.storage.fail_order(order_id, server_internal("Order lost its CSR"))
+            ctx.metrics.order_finalized(False)
             return
         await self._issue(order, serial, load_csr(order.csr_der))
 
+    def _profile_name(self, order: Order) -> str:
+        return order.profile or self._ctx.settings.default_profile
+
     def _profile(self, order: Order) -> CertificateProfile:
-        settings = self._ctx.settings
-        name = order.profile or settings.default_profile
-        return settings.profiles.get(name, CertificateProfile())
+        return self._ctx.settings.profiles.get(self._profile_name(order), CertificateProfile())
 
     async def _issue(
         self, order: Order, serial: str, csr: x509.CertificateSigningRequest
@@ -142,10 +144,12 @@ class IssuanceService:
             )
         except AcmeError as exc:
             await ctx.storage.fail_order(order.id, exc)
+            ctx.metrics.order_finalized(False)
             return None
         except Exception:
             log.exception("issuance of order %s failed", order.id)
             await ctx.storage.fail_order(order.id, server_internal("Issuance failed"))
+            ctx.metrics.order_finalized(False)
             return None
         now = ctx.clock.now()
         certificate = Certificate(
@@ -166,4 +170,6 @@ class IssuanceService:
         if not await ctx.storage.finish_issuance(order.id, certificate, counters=counters):
             return None
         log.info("issued serial %s for order %s", serial, order.id)
+        ctx.metrics.order_finalized(True)
+        ctx.metrics.certificate_issued(self._profile_name(order))
         return replace(order, status=OrderStatus.VALID, certificate_id=certificate.id)

@@ -174,6 +174,7 @@ class RevocationService:
             by="ACME request",
         ):
             raise AcmeError(type=ProblemType.ALREADY_REVOKED, detail="Certificate already revoked")
+        self._ctx.metrics.revocation(reason_name(reason))
 
 
 class RevocationOutcome(enum.StrEnum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 from acme_ca.errors import AcmeError, Identifier, ProblemType, SubProblem, malformed, unauthorized
 from acme_ca.model import Account, Authorization, AuthzStatus, Challenge, ChallengeStatus
@@ -74,6 +75,7 @@ class ValidationService:
         else:
             # RFC 8659 §3: CAA is checked when the identifier is validated; the lookups
             # run alongside the challenge, as Boulder's do.
+            started = time.perf_counter()
             result, caa_error = await asyncio.gather(
                 ctx.va.validate(
                     ValidationRequest(
@@ -87,6 +89,9 @@ class ValidationService:
             )
             error = _with_identifier(result.error, authz.identifier) or caa_error
             records = result.records
+            ctx.metrics.validation(challenge.type, error is None, time.perf_counter() - started)
+            if caa_error is not None:
+                ctx.metrics.caa_failure("validation")
             now = ctx.clock.now()
             if error is not None:
                 await self._limits.record_failed_validation(account.id, authz.identifier, now)

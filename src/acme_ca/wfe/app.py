@@ -9,6 +9,9 @@ with no internal detail (logged with a request id).
 `AcmeApp.handle` takes a whole request and returns a whole response; the serving
 processes call it from their own HTTP/1.1 protocol (`wfe/http_server.py`), and
 `AcmeApp.__call__` is an ASGI adapter over it for in-process clients (tests).
+
+Every answer is counted here, where its route's name is known (`acme_ca.metrics`):
+by route name, never by path, so IDs and unknown URLs make no series of their own.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
+from acme_ca.metrics.recorder import UNKNOWN_ENDPOINT
 from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
 from acme_ca.wfe.http_types import Address, Headers, Request, Response, carries_body
@@ -108,6 +113,9 @@ class RouteSpec:
     """One entry of the route table: a Starlette-style path and the methods it answers."""
 
     path: str
+    name: str
+    """What metrics call it: the directory's name for the resource (newOrder,
+    finalize, ...)."""
     methods: frozenset[str]
     """HEAD is answered wherever GET is (RFC 9110 §9.3.2)."""
     endpoint: Callable[[Request], Awaitable[Response]]
@@ -119,7 +127,7 @@ class RouteSpec:
 
 
 def _route(
-    path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]
+    path: str, name: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]
 ) -> RouteSpec:
     allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
     segments = tuple(path[1:].split("/"))
@@ -127,12 +135,13 @@ def _route(
     params: list[tuple[int, str, bool]] = []
     for i, pattern in enumerate(segments):
         if pattern.startswith("{"):
-            name, _, kind = pattern[1:-1].partition(":")
-            params.append((i, name, kind == "int"))
+            param, _, kind = pattern[1:-1].partition(":")
+            params.append((i, param, kind == "int"))
         else:
             literals.append((i, pattern))
     return RouteSpec(
         path=path,
+        name=name,
         methods=frozenset(allowed),
         endpoint=endpoint,
         segments=segments,
@@ -172,6 +181,7 @@ class AcmeApp:
 
     def __init__(self, fe: FrontEnd, routes: list[RouteSpec]) -> None:
         self._fe = fe
+        self._metrics = fe.metrics
         self.routes = routes
         self._by_length: dict[int, list[RouteSpec]] = {}
         for route in routes:
@@ -182,28 +192,63 @@ class AcmeApp:
         return self._fe.gate.max_body_bytes
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         # Exact paths: "/directory/" or "//directory" is another resource (404).
         parts = request.path[1:].split("/")
         allowed: set[str] = set()
+        name = UNKNOWN_ENDPOINT
         for route in self._by_length.get(len(parts), ()):
             params = _match(route, parts)
             if params is None:
                 continue
             if request.method in route.methods:
                 request.path_params = params
-                return await route.endpoint(request)
+                response = await route.endpoint(request)
+                self._metrics.request(
+                    route.name,
+                    request.method,
+                    response.status_code,
+                    response.problem,
+                    time.perf_counter() - started,
+                )
+                return response
             allowed |= route.methods
+            name = route.name
         if allowed:
             error = _method_not_allowed(", ".join(sorted(allowed)))
         else:
             error = AcmeError(type=ProblemType.NOT_FOUND, detail="Resource not found")
-        return self.error_response(request, error)
+        response = self._problem(request, error)
+        self._metrics.request(
+            name,
+            request.method,
+            response.status_code,
+            response.problem,
+            time.perf_counter() - started,
+        )
+        return response
 
     def error_response(self, request: Request, error: AcmeError) -> Response:
-        """A problem document with the headers every answer carries (nonce, index link)."""
+        """A problem document with the headers every answer carries (nonce, index link),
+        for a request answered without dispatch (refused by the server, cut short by
+        shutdown); counted under its route's name, with no duration."""
+        response = self._problem(request, error)
+        self._metrics.request(
+            self._route_name(request), request.method, response.status_code, response.problem, None
+        )
+        return response
+
+    def _problem(self, request: Request, error: AcmeError) -> Response:
         response = problem_response(error)
         _add_common_headers(self._fe, request, response)
         return response
+
+    def _route_name(self, request: Request) -> str:
+        parts = request.path[1:].split("/")
+        for route in self._by_length.get(len(parts), ()):
+            if _match(route, parts) is not None:
+                return route.name
+        return UNKNOWN_ENDPOINT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI adapter: the request is read whole (within the size limit), then handled."""
@@ -255,30 +300,32 @@ async def _send_asgi(response: Response, scope: Scope, send: Send) -> None:
 
 def create_app(fe: FrontEnd) -> AcmeApp:
     post_only = ["POST"]
-    routes_spec: list[tuple[str, Handler, list[str]]] = [
-        ("/directory", accounts.directory, ["GET", "POST"]),
-        (_NEW_NONCE_PATH, accounts.new_nonce, ["GET", "HEAD", "POST"]),
-        ("/terms", accounts.terms, ["GET"]),
-        ("/acme/new-account", accounts.new_account, post_only),
-        ("/acme/acct/{account_id}", accounts.account, post_only),
-        ("/acme/acct/{account_id}/orders", accounts.account_orders, post_only),
-        ("/acme/key-change", accounts.key_change, post_only),
-        ("/acme/new-order", orders.new_order, post_only),
-        ("/acme/new-authz", preauth.new_authz, post_only),
-        ("/acme/order/{order_id}", orders.order, post_only),
-        ("/acme/order/{order_id}/finalize", orders.finalize, post_only),
-        ("/acme/authz/{authz_id}", orders.authz, post_only),
-        ("/acme/chall/{authz_id}/{challenge_id}", orders.challenge, post_only),
-        ("/acme/cert/{cert_id}", orders.certificate, post_only),
-        ("/acme/cert/{cert_id}/{index:int}", orders.certificate, post_only),
-        ("/acme/revoke-cert", orders.revoke_cert, post_only),
-        ("/acme/renewal-info/{cert_id}", renewal.renewal_info, ["GET"]),
+    # Names as the directory's (RFC 8555 §7.1.1, RFC 9773 §3) where it has one.
+    routes_spec: list[tuple[str, str, Handler, list[str]]] = [
+        ("/directory", "directory", accounts.directory, ["GET", "POST"]),
+        (_NEW_NONCE_PATH, "newNonce", accounts.new_nonce, ["GET", "HEAD", "POST"]),
+        ("/terms", "terms", accounts.terms, ["GET"]),
+        ("/acme/new-account", "newAccount", accounts.new_account, post_only),
+        ("/acme/acct/{account_id}", "account", accounts.account, post_only),
+        ("/acme/acct/{account_id}/orders", "orders", accounts.account_orders, post_only),
+        ("/acme/key-change", "keyChange", accounts.key_change, post_only),
+        ("/acme/new-order", "newOrder", orders.new_order, post_only),
+        ("/acme/new-authz", "newAuthz", preauth.new_authz, post_only),
+        ("/acme/order/{order_id}", "order", orders.order, post_only),
+        ("/acme/order/{order_id}/finalize", "finalize", orders.finalize, post_only),
+        ("/acme/authz/{authz_id}", "authz", orders.authz, post_only),
+        ("/acme/chall/{authz_id}/{challenge_id}", "challenge", orders.challenge, post_only),
+        ("/acme/cert/{cert_id}", "certificate", orders.certificate, post_only),
+        ("/acme/cert/{cert_id}/{index:int}", "certificate", orders.certificate, post_only),
+        ("/acme/revoke-cert", "revokeCert", orders.revoke_cert, post_only),
+        ("/acme/renewal-info/{cert_id}", "renewalInfo", renewal.renewal_info, ["GET"]),
     ]
     routes = [
-        _route(path, _endpoint(fe, handler), methods) for path, handler, methods in routes_spec
+        _route(path, name, _endpoint(fe, handler), methods)
+        for path, name, handler, methods in routes_spec
     ]
     if _OPENAPI.exists():
-        routes.append(_route("/openapi.yaml", _endpoint(fe, _openapi), ["GET"]))
+        routes.append(_route("/openapi.yaml", "openapi", _endpoint(fe, _openapi), ["GET"]))
     return AcmeApp(fe, routes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from acme_ca.metrics.recorder import NO_METRICS, Metrics
 from acme_ca.nonces import NonceService
 from acme_ca.protocol.urls import Urls
 from acme_ca.ra import RegistrationAuthority
@@ -36,3 +37,4 @@ class FrontEnd:
     orders_page_size: int = 100
     challenge_wait_seconds: float = 0.5
     """How long a challenge response waits for its validation before answering."""
+    metrics: Metrics = NO_METRICS

@@ -142,7 +142,7 @@ def carries_body(status: int) -> bool:
 class Response:
     """A whole response. Content-Length is added when it is written, not stored."""
 
-    __slots__ = ("body", "raw_headers", "status_code")
+    __slots__ = ("body", "problem", "raw_headers", "status_code")
 
     def __init__(
         self,
@@ -162,6 +162,8 @@ class Response:
                 media_type += "; charset=utf-8"
             raw.append((b"content-type", media_type.encode("latin-1")))
         self.raw_headers = raw
+        # The problem type when the body is a problem document (metrics count them).
+        self.problem: str | None = None
 
     @property
     def headers(self) -> ResponseHeaders:

@@ -26,6 +26,7 @@ def json_response(
 def problem_response(error: AcmeError) -> Response:
     body = _ENCODER.encode(problem_document(error)).encode("utf-8")
     response = Response(body, status_code=error.http_status, media_type=PROBLEM_CONTENT_TYPE)
+    response.problem = error.type
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
