@@ -1,8 +1,10 @@
-"""Settings: the connection limits and timeouts, their defaults, sources and checks."""
+"""Settings: the connection limits and timeouts, and the metrics switch and address: their
+defaults, sources and checks."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,23 @@ def test_serve_flags_reach_the_settings() -> None:
 def test_invalid_connection_limits_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         load_settings(environ={}, overrides=values)
+
+
+def test_metrics_are_on_by_default_and_switched_off_or_moved_by_any_source(
+    tmp_path: Path,
+) -> None:
+    settings = Settings()
+    assert settings.metrics is True
+    assert settings.metrics_listen == "127.0.0.1:14090"
+    config = tmp_path / "acme-ca.toml"
+    config.write_text('metrics = false\nmetrics_listen = "10.0.0.5:9100"\n')
+    from_file = load_settings(config_file=config, environ={})
+    assert (from_file.metrics, from_file.metrics_listen) == (False, "10.0.0.5:9100")
+    from_env = load_settings(
+        environ={"ACME_CA_METRICS": "false", "ACME_CA_METRICS_LISTEN": "0.0.0.0:9100"}
+    )
+    assert (from_env.metrics, from_env.metrics_listen) == (False, "0.0.0.0:9100")
+    flags = _settings(argparse.Namespace(config=None, metrics=False, metrics_listen="[::1]:1"))
+    assert (flags.metrics, flags.metrics_listen) == (False, "[::1]:1")
+    with pytest.raises(ConfigError):
+        load_settings(environ={}, overrides={"metrics_listen": "no-port"})

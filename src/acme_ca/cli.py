@@ -17,7 +17,10 @@ from acme_ca.clock import SystemClock
 from acme_ca.config import ConfigError, Settings, load_settings, parse_hostport
 
 if TYPE_CHECKING:
+    import socket
+
     from acme_ca.listener import ConnectionLimits
+    from acme_ca.metrics.exposition import MetricsExporter
     from acme_ca.status import StatusListener
 
 __all__ = ["main"]
@@ -85,6 +88,18 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="no OCSP responder, no OCSP URL in certificates (CRLs only)",
     )
     parser.add_argument("--crl-shards", dest="crl_shards", type=int, help="CRL shards (4)")
+    parser.add_argument(
+        "--metrics-listen",
+        dest="metrics_listen",
+        help="HOST:PORT of the plain-HTTP Prometheus /metrics listener (127.0.0.1:14090)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_const",
+        const=False,
+        help="record no metrics and serve no /metrics",
+    )
     parser.add_argument(
         "--ari-retry-after",
         dest="ari_retry_after",
@@ -167,6 +182,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "request_timeout",
         "keep_alive_timeout",
         "shutdown_timeout",
+        "metrics",
+        "metrics_listen",
     ]
     overrides = {k: getattr(args, k, None) for k in keys}
     return load_settings(config_file=args.config, overrides=overrides)
@@ -262,6 +279,21 @@ def app_factory() -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings)
+    from acme_ca.metrics import run as metrics_run
+
+    # Before anything imports prometheus_client, which picks its multiprocess mode then;
+    # the workers inherit the directory through the environment.
+    metrics_dir = metrics_run.begin() if settings.metrics else None
+    if metrics_dir is None:
+        metrics_run.disable()
+    try:
+        return _serve(settings, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            metrics_run.end(metrics_dir)
+
+
+def _serve(settings: Settings, metrics_dir: Path | None) -> int:
     data_dir = settings.data_dir
     if _ensure_ca(settings):
         print(f"created CA in {data_dir}", flush=True)
@@ -276,9 +308,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"acme-ca directory: {settings.base_url}/directory", flush=True)
     print(f"root certificate to trust: {(data_dir / 'root.pem').resolve()}", flush=True)
     limits = _connection_limits(settings)
+    exporter: MetricsExporter | None = None
+    metrics_sock: socket.socket | None = None
+    metrics_asgi: Any = None
+    if metrics_dir is not None:
+        from acme_ca.metrics.exposition import MetricsExporter, metrics_app
+        from acme_ca.metrics.recorder import process_metrics
+        from acme_ca.status import bind_listener
+
+        process_metrics()  # this process's one recorder, made before any thread records
+        exporter = MetricsExporter(metrics_dir)
+        metrics_asgi = metrics_app(exporter)
+        try:
+            metrics_sock = bind_listener(
+                *parse_hostport(settings.metrics_listen, what="metrics_listen")
+            )
+        except OSError as exc:
+            where = settings.metrics_listen
+            print(f"acme-ca: cannot serve metrics on {where}: {exc}", file=sys.stderr)
+            return 1
     try:
-        status_listener = _start_status_listener(settings, limits)
+        status_listener = _start_status_listener(settings, limits, metrics_sock, metrics_asgi)
     except Exception as exc:  # port in use, unreadable CA files, database: say which
+        if metrics_sock is not None:
+            metrics_sock.close()
         where = settings.revocation_listen
         print(f"acme-ca: cannot serve CRLs/OCSP on {where}: {exc}", file=sys.stderr)
         return 1
@@ -301,8 +354,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         if settings.workers > 1:
-            run_workers(spec, settings.workers)
+            run_workers(spec, settings.workers, exporter=exporter)
         else:
+            if metrics_dir is not None:
+                from acme_ca.metrics import run as metrics_run
+
+                metrics_run.end_on_signal(metrics_dir)
             run_single(spec)
     except OSError as exc:
         print(f"acme-ca: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
@@ -314,20 +371,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _connection_limits(settings: Settings) -> ConnectionLimits:
     """The cap, within this process's open-file limit (raised toward what it needs): in
-    one process the ACME and status listeners share it; a supervisor holds the status
-    listener and, at worst, a copy of every connection it hands (each worker's share)."""
+    one process the ACME, status and metrics listeners share it; a supervisor holds the
+    status and metrics listeners and, at worst, a copy of every connection it hands
+    (each worker's share)."""
     from acme_ca.listener import ConnectionLimits, fit_limits
 
     limits = ConnectionLimits(
         max_connections=settings.max_connections,
         handshake_timeout=settings.tls_handshake_timeout,
     )
-    return fit_limits(limits, listeners=2 if settings.workers == 1 else settings.workers + 1)
+    own = 2 if settings.metrics else 1  # status (and metrics)
+    return fit_limits(limits, listeners=own + (1 if settings.workers == 1 else settings.workers))
 
 
-def _start_status_listener(settings: Settings, limits: ConnectionLimits) -> StatusListener:
-    """The CRL/OCSP listener: one per `serve`, in this (parent) process, whatever the
-    number of workers (acme_ca.status.server explains why)."""
+def _start_status_listener(
+    settings: Settings,
+    limits: ConnectionLimits,
+    metrics_sock: socket.socket | None = None,
+    metrics_asgi: Any = None,
+) -> StatusListener:
+    """The CRL/OCSP listener, and the metrics listener beside it when `metrics_sock`:
+    one per `serve`, in this (parent) process, whatever the number of workers
+    (acme_ca.status.server explains why)."""
     from acme_ca.status import CrlSettings, StatusListener, StatusSettings, bind_listener
 
     if settings.ocsp:
@@ -346,10 +411,14 @@ def _start_status_listener(settings: Settings, limits: ConnectionLimits) -> Stat
             keep_alive_timeout=settings.keep_alive_timeout,
         ),
         bind_listener(host, port),
+        metrics_sock=metrics_sock,
+        metrics_app=metrics_asgi,
     )
     listener.start()
     what = "CRLs and OCSP" if settings.ocsp else "CRLs"
     print(f"{what}: {settings.revocation_base_url}", flush=True)
+    if metrics_sock is not None:
+        print(f"metrics: http://{settings.metrics_listen}/metrics", flush=True)
     return listener
 
 

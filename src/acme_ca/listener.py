@@ -13,6 +13,10 @@ are open. A refusal costs no handshake, the part an idle flood makes expensive (
 would need one first); connections already open are served on, and new ones are
 taken again as soon as one closes.
 
+Each listener's open and refused connections are counted for metrics
+(`acme_ca_connections_open`, `acme_ca_connections_refused_total`) where they are
+counted for the cap.
+
 Must not: import the front end (the status listener serves through this too).
 """
 
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+from acme_ca.metrics.recorder import NO_LISTENER, ListenerMetrics
 
 __all__ = [
     "ConnectionLimits",
@@ -149,9 +155,16 @@ class ServingServer(uvicorn.Server):
     Subclasses say where connections come from (`admit`) and what serves them
     (`make_protocol`, whose protocol calls `on_closed` from `connection_lost`)."""
 
-    def __init__(self, config: uvicorn.Config, limits: ConnectionLimits) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        limits: ConnectionLimits,
+        *,
+        connections: ListenerMetrics = NO_LISTENER,
+    ) -> None:
         super().__init__(config)
         self.limits = limits
+        self.connections = connections
         self.open_connections = 0
         self._handshakes: set[asyncio.Task[None]] = set()
         self._refusals = RefusalLog("connection limit reached")
@@ -173,11 +186,13 @@ class ServingServer(uvicorn.Server):
         if self.should_exit or self.open_connections >= self.limits.max_connections:
             if not self.should_exit:
                 self._refusals.refused(f"{self.open_connections} open")
+                self.connections.refused()
             sock.close()
             if on_released is not None:
                 on_released()
             return
         self.open_connections += 1
+        self.connections.opened()
         slot = _Slot(lambda: self._released(on_released))
         task = asyncio.get_running_loop().create_task(self._serve_connection(sock, slot))
         self._handshakes.add(task)
@@ -185,6 +200,7 @@ class ServingServer(uvicorn.Server):
 
     def _released(self, on_released: Callable[[], None] | None) -> None:
         self.open_connections -= 1
+        self.connections.closed()
         if on_released is not None:
             on_released()
 
@@ -218,9 +234,14 @@ class ListeningServer(ServingServer):
     """A `ServingServer` that accepts from its own listening socket (`listen`)."""
 
     def __init__(
-        self, config: uvicorn.Config, limits: ConnectionLimits, listener: socket.socket
+        self,
+        config: uvicorn.Config,
+        limits: ConnectionLimits,
+        listener: socket.socket,
+        *,
+        connections: ListenerMetrics = NO_LISTENER,
     ) -> None:
-        super().__init__(config, limits)
+        super().__init__(config, limits, connections=connections)
         self._listener = listener
         self._reading = False
         host, port = listener.getsockname()[:2]

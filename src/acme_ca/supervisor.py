@@ -27,6 +27,11 @@ idle connections against a limit of 400, after which nothing was served).
 
 The supervisor restarts a worker that dies, and stops them all on SIGTERM/SIGINT; a
 worker whose supervisor is gone (its socket pair closed) stops as on SIGTERM.
+
+With metrics on, every worker records into the run's directory (it inherits
+PROMETHEUS_MULTIPROC_DIR), and the supervisor tells the metrics exporter which
+workers run and which died (`mark_process_dead`: a dead worker's connections leave
+the open-connections gauge; its counts stay).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -58,7 +63,11 @@ from acme_ca.listener import (
     ServingServer,
     listen,
 )
+from acme_ca.metrics.recorder import process_metrics
 from acme_ca.wfe.http_server import AcmeHttpProtocol, HttpLimits
+
+if TYPE_CHECKING:
+    from acme_ca.metrics.exposition import MetricsExporter
 
 __all__ = ["WorkerSpec", "run_single", "run_workers"]
 
@@ -141,7 +150,8 @@ def _acme_protocol(
 
 class _SingleServer(ListeningServer):
     def __init__(self, spec: WorkerSpec, listener: socket.socket) -> None:
-        super().__init__(_config(spec), spec.limits, listener)
+        connections = process_metrics().listener("acme")
+        super().__init__(_config(spec), spec.limits, listener, connections=connections)
         self._http = spec.http
 
     def make_protocol(self, on_closed: Callable[[], None]) -> asyncio.Protocol:
@@ -166,7 +176,8 @@ class _HandedServer(ServingServer):
     and graceful shutdown are uvicorn's."""
 
     def __init__(self, spec: WorkerSpec, channel: socket.socket) -> None:
-        super().__init__(_config(spec), spec.limits)
+        connections = process_metrics().listener("acme")
+        super().__init__(_config(spec), spec.limits, connections=connections)
         self._http = spec.http
         self._channel = channel
         self._reading = False
@@ -243,8 +254,13 @@ class _Worker:
 
 
 class _Supervisor:
-    def __init__(self, spec: WorkerSpec, workers: int) -> None:
+    def __init__(
+        self, spec: WorkerSpec, workers: int, exporter: MetricsExporter | None = None
+    ) -> None:
         self._spec = spec
+        self._exporter = exporter
+        self._metrics = process_metrics()
+        self._connections = self._metrics.listener("acme")
         self._context = multiprocessing.get_context("spawn")
         self._selector = selectors.DefaultSelector()
         self._listener = listen(spec.host, spec.port)
@@ -264,6 +280,8 @@ class _Supervisor:
         )
         process.start()
         theirs.close()  # the worker has its own copy now
+        if self._exporter is not None and process.pid is not None:
+            self._exporter.worker_started(index, process.pid)
         ours.setblocking(False)
         self._workers[index] = _Worker(process=process, channel=ours)
         self._selector.register(ours, selectors.EVENT_READ, index)
@@ -313,6 +331,7 @@ class _Supervisor:
         candidates = sorted((len(w.pending), w.open, i) for i, w in ready if w.open < cap)
         if ready and not candidates:
             self._full.refused(f"{len(ready)} x {cap} open")
+            self._connections.refused()
             conn.close()
             return
         for _, _, index in candidates:
@@ -375,7 +394,13 @@ class _Supervisor:
                     worker.process.exitcode,
                 )
                 self._forget(index)
+                self._mark_dead(index, worker.process)
+                self._metrics.worker_restarted()
                 self._start(index)
+
+    def _mark_dead(self, index: int, process: BaseProcess) -> None:
+        if self._exporter is not None and process.pid is not None:
+            self._exporter.worker_exited(index, process.pid)
 
     def run(self) -> None:
         for index in range(len(self._workers)):
@@ -408,6 +433,9 @@ class _Supervisor:
             if process.is_alive():
                 process.kill()
                 process.join(5)
+        for index, worker in enumerate(self._workers):
+            if worker is not None and not worker.process.is_alive():
+                self._mark_dead(index, worker.process)
         for worker in self._workers:
             if worker is not None and worker.channel.fileno() >= 0:
                 self._selector.unregister(worker.channel)
@@ -417,9 +445,10 @@ class _Supervisor:
         self._selector.close()
 
 
-def run_workers(spec: WorkerSpec, workers: int) -> None:
-    """Run `workers` processes until SIGTERM or SIGINT; restart any that dies."""
-    supervisor = _Supervisor(spec, workers)
+def run_workers(spec: WorkerSpec, workers: int, *, exporter: MetricsExporter | None = None) -> None:
+    """Run `workers` processes until SIGTERM or SIGINT; restart any that dies. The
+    `exporter` (metrics on) is told of every worker started and every one gone."""
+    supervisor = _Supervisor(spec, workers, exporter)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         supervisor.stopping.set()

@@ -75,6 +75,8 @@ def test_bench_issues_five_certificates_without_errors(
             "--allow-private-addresses",
             "--revocation-listen",
             f"{LOOPBACK}:{free_port()}",
+            "--metrics-listen",
+            f"{LOOPBACK}:{free_port()}",
             "--log-level",
             "warning",
         ],

@@ -223,6 +223,7 @@ def running_acme_server(
             "--allow-private-addresses",
             # Not the default port: test sessions running side by side must not collide.
             "--revocation-listen", f"{LOOPBACK}:{free_port()}",
+            "--metrics-listen", f"{LOOPBACK}:{free_port()}",
             *extra_args,
         ],
         server.log,

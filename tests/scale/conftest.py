@@ -85,6 +85,7 @@ class Cluster:
                     if attempt == 2 or "in use" not in tail(server.log, 5):
                         raise
                     server.port, server.revocation_port = free_port(), free_port()
+                    server.metrics_port = free_port()
                     server.start()
         return started
 

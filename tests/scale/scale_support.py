@@ -218,6 +218,7 @@ class ServerProcess:
     extra_args: tuple[str, ...] = ()
     """More `acme-ca serve` flags (limits, timeouts)."""
     revocation_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -247,6 +248,8 @@ class ServerProcess:
             # One URL for the whole cluster: it goes into every certificate.
             "--revocation-url",
             "http://status.acme.test",
+            "--metrics-listen",
+            f"{LOOPBACK}:{self.metrics_port}",
             "--log-level",
             self.log_level,
             *self.extra_args,

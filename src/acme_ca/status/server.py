@@ -16,6 +16,10 @@ completed a request within `request_timeout` of its start or of its last answer 
 closed. uvicorn's own protocol bounds only the idle time after an answer: idle
 connections, and one sending a header byte a second, were still open after 90 s,
 and 500 of them left the ACME listener beside it unable to accept.
+
+The metrics listener (`--metrics-listen`, docs/DEPLOYMENT.md) is served from the same
+thread and event loop, capped and bounded the same way: like the status listener it
+must be one per `serve`, in the process that can read every worker's values.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from acme_ca.ca.bootstrap import INTERMEDIATE_CERT, INTERMEDIATE_KEY
 from acme_ca.ca.ocsp import OcspSigner, ensure_ocsp_signer
 from acme_ca.clock import Clock, SystemClock
 from acme_ca.listener import ConnectionLimits, ListeningServer
+from acme_ca.metrics.recorder import process_metrics
 from acme_ca.status.app import create_status_app
 from acme_ca.status.crls import CrlPublisher, CrlSettings
 from acme_ca.status.responder import OcspResponder, OcspSettings
@@ -211,10 +216,16 @@ class _StatusProtocol(HttpToolsProtocol):
 
 class _StatusServer(ListeningServer):
     def __init__(
-        self, config: uvicorn.Config, settings: StatusSettings, sock: socket.socket
+        self,
+        config: uvicorn.Config,
+        settings: StatusSettings,
+        sock: socket.socket,
+        *,
+        name: str = "status",
     ) -> None:
         sock.setblocking(False)
-        super().__init__(config, settings.limits, sock)
+        connections = process_metrics().listener(name)
+        super().__init__(config, settings.limits, sock, connections=connections)
         self._request_timeout = settings.request_timeout
 
     def make_protocol(self, on_closed: Callable[[], None]) -> asyncio.Protocol:
@@ -228,13 +239,23 @@ class _StatusServer(ListeningServer):
 
 
 class StatusListener:
-    """Serves the status app on `sock` from a daemon thread with its own event loop."""
+    """Serves the status app on `sock` from a daemon thread with its own event loop,
+    and `metrics_app` (an ASGI app) on `metrics_sock` when given."""
 
-    def __init__(self, settings: StatusSettings, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        settings: StatusSettings,
+        sock: socket.socket,
+        *,
+        metrics_sock: socket.socket | None = None,
+        metrics_app: Any = None,
+    ) -> None:
         self._settings = settings
         self._sock = sock
+        self._metrics_sock = metrics_sock
+        self._metrics_app = metrics_app
         self._thread: threading.Thread | None = None
-        self._server: uvicorn.Server | None = None
+        self._servers: list[uvicorn.Server] = []
         self._started = threading.Event()
         self._error: BaseException | None = None
 
@@ -248,11 +269,13 @@ class StatusListener:
             raise self._error
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        for server in self._servers:
+            server.should_exit = True
         if self._thread is not None:
             self._thread.join(_STOP_TIMEOUT)
         self._sock.close()
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
 
     def _run(self) -> None:
         try:
@@ -268,18 +291,14 @@ class StatusListener:
         service = await build_status(self._settings)
         try:
             await service.crls.refresh()  # the first fetch finds the shards signed
-            config = uvicorn.Config(
-                service.app,
-                lifespan="off",
-                log_config=None,
-                log_level=self._settings.log_level,
-                access_log=False,
-                timeout_keep_alive=self._settings.keep_alive_timeout,
-                timeout_graceful_shutdown=2,
-            )
-            server = _StatusServer(config, self._settings, self._sock)
-            self._server = server
-            serving = asyncio.create_task(server.serve())
+            servers = [_StatusServer(self._config(service.app), self._settings, self._sock)]
+            if self._metrics_sock is not None:
+                config = self._config(self._metrics_app)
+                servers.append(
+                    _StatusServer(config, self._settings, self._metrics_sock, name="metrics")
+                )
+            self._servers = list(servers)
+            serving = asyncio.gather(*(server.serve() for server in servers))
             # The socket is listening already: connections wait in its backlog.
             self._started.set()
             interval = self._settings.maintenance_interval.total_seconds()
@@ -294,3 +313,14 @@ class StatusListener:
             await serving
         finally:
             await service.close()
+
+    def _config(self, app: Any) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            log_level=self._settings.log_level,
+            access_log=False,
+            timeout_keep_alive=self._settings.keep_alive_timeout,
+            timeout_graceful_shutdown=2,
+        )
