@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 
 import httpx
 import pytest
@@ -249,6 +250,42 @@ async def test_authz_deactivated_while_reused_gives_a_new_one(
     assert authz_url not in first.body["authorizations"]
     assert (await client.post_as_get(authz_url)).body["status"] == "pending"
     assert (await client.post_as_get(second.location or "")).body["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), 503),
+        (sqlite3.OperationalError("database is locked (writer lock)"), 503),
+        (RuntimeError("a bug"), 500),
+    ],
+    ids=["connection-refused", "writer-locked", "bug"],
+)
+async def test_database_unavailable_is_503_with_retry_after(
+    make_client: ClientFactory,
+    service: AcmeService,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    status: int,
+) -> None:
+    """The database down (PostgreSQL killed, restarting) or its writer lock held past
+    its wait: 503 serverInternal with Retry-After, nothing decided (RFC 9110 §15.6.4);
+    anything else stays a 500 with a request id."""
+    client = await make_client()
+
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(service.storage, "find_reusable_authz", fails)
+    with pytest.raises(AcmeProblem) as refused:
+        await client.new_order(["down.example.test"])
+    assert refused.value.status == status
+    assert refused.value.type == ERR + "serverInternal"
+    if status == 503:
+        assert refused.value.headers["retry-after"] == "5"
+        assert "database is unavailable" in refused.value.detail
+    else:
+        assert "request id" in refused.value.detail
 
 
 async def test_finalize_before_ready_is_order_not_ready(make_client: ClientFactory) -> None:

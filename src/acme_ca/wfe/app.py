@@ -27,6 +27,7 @@ from typing import Any
 
 from acme_ca.errors import AcmeError, ProblemType, malformed, server_internal
 from acme_ca.metrics.recorder import UNKNOWN_ENDPOINT
+from acme_ca.storage.database import unavailable
 from acme_ca.wfe import accounts, orders, preauth, renewal
 from acme_ca.wfe.context import FrontEnd
 from acme_ca.wfe.http_types import Address, Headers, Request, Response, carries_body
@@ -69,6 +70,15 @@ def _add_common_headers(fe: FrontEnd, request: Request, response: Response) -> N
         raw.append((b"cache-control", b"no-store"))
 
 
+def _database_unavailable() -> AcmeError:
+    return AcmeError(
+        type=ProblemType.SERVER_INTERNAL,
+        detail="The database is unavailable; try again shortly",
+        status=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
@@ -83,17 +93,23 @@ def _endpoint(fe: FrontEnd, handler: Handler) -> Callable[[Request], Awaitable[R
                 exc.detail,
             )
             response = problem_response(exc)
-        except Exception:
-            request_id = secrets.token_hex(8)
-            log.exception(
-                "unhandled error, request id %s, %s %s",
-                request_id,
-                request.method,
-                request.path,
-            )
-            response = problem_response(
-                server_internal(f"An internal error occurred (request id {request_id})")
-            )
+        except Exception as exc:
+            if unavailable(exc):
+                # The database is down, restarting or locked: nothing was decided, so
+                # the client is to come back (RFC 9110 §15.6.4), not told of a bug.
+                log.warning("database unavailable: %s %s: %s", request.method, request.path, exc)
+                response = problem_response(_database_unavailable())
+            else:
+                request_id = secrets.token_hex(8)
+                log.exception(
+                    "unhandled error, request id %s, %s %s",
+                    request_id,
+                    request.method,
+                    request.path,
+                )
+                response = problem_response(
+                    server_internal(f"An internal error occurred (request id {request_id})")
+                )
         _add_common_headers(fe, request, response)
         return response
 
