@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.set_defaults(func=cmd_db)
     from acme_ca.admin import register_admin_commands
 
-    admin = sub.add_parser("admin", help="operator commands (EAB keys, early renewal)")
+    admin = sub.add_parser("admin", help="operator commands (EAB, renewal, revocation, listing)")
     register_admin_commands(admin, add_common=_add_common, load=_settings)
     sub.add_parser("challtestsrv", help="challenge test server (DNS + HTTP API)")
     sub.add_parser("bench", help="benchmark full issuance flows against a directory URL")
