@@ -113,7 +113,7 @@ def _create_order_pg(new_authzs: Sequence[Authorization], reused: int, links: in
     text += (
         ", made AS (INSERT INTO orders (id, account_id, status, identifiers, authz_ids,"
         " expires, not_before, not_after, error, certificate_id, profile, replaces,"
-        " created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, ? FROM acc"
+        " created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ? FROM acc"
     )
     if reused:
         text += " WHERE (SELECT count(*) FROM reused) = ?"
@@ -353,6 +353,23 @@ def _split_authz(rows: list[Row]) -> tuple[Row, list[Row]] | None:
 async def _authz_rows(sql: Sql, authz_id: str) -> tuple[Row, list[Row]] | None:
     # One statement: one snapshot, and one round trip on PostgreSQL.
     return _split_authz(await sql.all(_AUTHZ_BY_ID, (authz_id,)))
+
+
+def _order_values(order: Order) -> tuple[Any, ...]:
+    """The order's columns as `_INSERT_ORDER` and `_create_order_pg` take them."""
+    return (
+        order.id,
+        order.account_id,
+        order.status,
+        codec.identifiers_to_json(order.identifiers),
+        json.dumps(list(order.authz_ids)),
+        codec.to_us(order.expires),
+        codec.opt_to_us(order.not_before),
+        codec.opt_to_us(order.not_after),
+        order.profile,
+        order.replaces,
+        codec.to_us(order.created_at),
+    )
 
 
 def _challenge_values(authz: Authorization, c: Challenge) -> tuple[Any, ...]:
@@ -658,17 +675,7 @@ class Storage:
         fresh = {a.id for a in new_authzs}
         reused = sorted({a for a in order.authz_ids if a not in fresh})
         params: tuple[Any, ...] = (
-            order.id,
-            order.account_id,
-            order.status,
-            codec.identifiers_to_json(order.identifiers),
-            json.dumps(list(order.authz_ids)),
-            codec.to_us(order.expires),
-            codec.opt_to_us(order.not_before),
-            codec.opt_to_us(order.not_after),
-            order.profile,
-            order.replaces,
-            codec.to_us(order.created_at),
+            *_order_values(order),
             order.account_id,
             AccountStatus.VALID,
         )
@@ -736,18 +743,7 @@ class Storage:
         params: list[Any] = [order.account_id, AccountStatus.VALID]
         if reused:
             params += [*reused, AuthzStatus.VALID, AuthzStatus.PENDING]
-        params += [
-            order.id,
-            order.account_id,
-            order.status,
-            codec.identifiers_to_json(order.identifiers),
-            json.dumps(list(order.authz_ids)),
-            codec.to_us(order.expires),
-            codec.opt_to_us(order.not_before),
-            codec.opt_to_us(order.not_after),
-            order.profile,
-            codec.to_us(order.created_at),
-        ]
+        params += _order_values(order)
         if reused:
             params.append(len(reused))
         for a in new_authzs:
