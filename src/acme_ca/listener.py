@@ -43,6 +43,7 @@ __all__ = [
     "ListeningServer",
     "RefusalLog",
     "ServingServer",
+    "accept_some",
     "fit_limits",
     "listen",
 ]
@@ -53,9 +54,31 @@ RESERVED_FDS = 128
 """Descriptors kept for everything but connections: database pools and files, logs,
 the event loop, the supervisor's channel."""
 _ACCEPTS_PER_TURN = 64
-_ACCEPT_PAUSE = 0.5
-"""Seconds without accepting after the process ran out of descriptors."""
+ACCEPT_PAUSE = 0.5
+"""Seconds without accepting after a process ran out of descriptors."""
 _LOG_EVERY = 10.0
+
+
+def accept_some(
+    listener: socket.socket,
+    take: Callable[[socket.socket], None],
+    exhausted: Callable[[OSError], None],
+) -> None:
+    """Accept what the non-blocking `listener` has queued, a bounded number per turn,
+    giving each connection to `take`. Out of descriptors or buffers (EMFILE, ENOBUFS),
+    `exhausted` is told and accepting stops for this turn: the caller pauses instead
+    of spinning on a listener that stays readable."""
+    for _ in range(_ACCEPTS_PER_TURN):
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.ECONNABORTED:
+                continue  # gone before it was accepted
+            exhausted(exc)
+            return
+        take(conn)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,19 +295,10 @@ class ListeningServer(ServingServer):
             self._reading = False
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_TURN):
-            try:
-                conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue  # gone before it was accepted
-                # Out of descriptors or buffers (EMFILE: the cap is above what the
-                # process may open): wait for some to close instead of spinning on a
-                # readable listener.
-                self._out_of_fds.refused(str(exc))
-                self._pause_accepting()
-                asyncio.get_running_loop().call_later(_ACCEPT_PAUSE, self._resume_accepting)
-                return
-            self.admit(conn)
+        accept_some(self._listener, self.admit, self._exhausted)
+
+    def _exhausted(self, exc: OSError) -> None:
+        # EMFILE: the cap is above what the process may open; wait for some to close.
+        self._out_of_fds.refused(str(exc))
+        self._pause_accepting()
+        asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._resume_accepting)

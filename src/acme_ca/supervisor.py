@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import multiprocessing
@@ -57,10 +56,12 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from acme_ca.listener import (
+    ACCEPT_PAUSE,
     ConnectionLimits,
     ListeningServer,
     RefusalLog,
     ServingServer,
+    accept_some,
     listen,
 )
 from acme_ca.metrics.recorder import process_metrics
@@ -77,11 +78,8 @@ _READY = b"R"
 _TAKEN = b"+"
 _CLOSED = b"-"
 _HANDED = b"c"
-_ACCEPTS_PER_TURN = 64
 _SELECT_SECONDS = 0.5
 _ALL_READY_SECONDS = 60.0
-_ACCEPT_PAUSE = 0.5
-"""Seconds without accepting after the supervisor ran out of descriptors."""
 _STOP_MARGIN = 10.0
 """Seconds a stopping worker gets beyond its graceful shutdown (the lifespan's end)."""
 
@@ -348,21 +346,13 @@ class _Supervisor:
         conn.close()
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_TURN):
-            try:
-                conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue  # gone before it was accepted
-                # Out of descriptors or buffers (EMFILE, ENOBUFS): stop accepting for a
-                # moment instead of spinning (it slept 10 ms a turn and logged each).
-                self._out_of_fds.refused(str(exc))
-                self._paused_until = time.monotonic() + _ACCEPT_PAUSE
-                self._accept_while_ready()
-                return
-            self._hand(conn)
+        accept_some(self._listener, self._hand, self._exhausted)
+
+    def _exhausted(self, exc: OSError) -> None:
+        # Stop accepting for a moment (it slept 10 ms a turn and logged each).
+        self._out_of_fds.refused(str(exc))
+        self._paused_until = time.monotonic() + ACCEPT_PAUSE
+        self._accept_while_ready()
 
     def _read(self, index: int) -> None:
         worker = self._workers[index]

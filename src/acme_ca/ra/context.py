@@ -18,7 +18,7 @@ from acme_ca.policy.ratelimits import DEFAULT_LIMITS, RateLimits
 from acme_ca.storage.store import Storage
 from acme_ca.va import ValidationAuthority
 
-__all__ = ["RAContext", "RASettings", "new_id", "new_token"]
+__all__ = ["SUBSCRIBER_REASONS", "RAContext", "RASettings", "new_id", "new_token"]
 
 
 def new_id() -> str:
@@ -41,6 +41,21 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+SUBSCRIBER_REASONS: frozenset[RevocationReason] = frozenset(
+    {
+        RevocationReason.UNSPECIFIED,
+        RevocationReason.KEY_COMPROMISE,
+        RevocationReason.AFFILIATION_CHANGED,
+        RevocationReason.SUPERSEDED,
+        RevocationReason.CESSATION_OF_OPERATION,
+        RevocationReason.PRIVILEGE_WITHDRAWN,
+    }
+)
+"""What root programs allow for a subscriber certificate (Mozilla Root Store Policy
+§6.1.1, CA/B Forum TLS BRs §7.2.2): the default for ACME revocation, and the set an
+operator may revoke with (`ra.revocation`)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RASettings:
     pending_authz_lifetime: dt.timedelta = dt.timedelta(days=7)
@@ -56,16 +71,7 @@ class RASettings:
         default_factory=lambda: {"classic": CertificateProfile()}
     )
     default_profile: str = "classic"
-    revocation_reasons: frozenset[RevocationReason] = frozenset(
-        {
-            RevocationReason.UNSPECIFIED,
-            RevocationReason.KEY_COMPROMISE,
-            RevocationReason.AFFILIATION_CHANGED,
-            RevocationReason.SUPERSEDED,
-            RevocationReason.CESSATION_OF_OPERATION,
-            RevocationReason.PRIVILEGE_WITHDRAWN,
-        }
-    )
+    revocation_reasons: frozenset[RevocationReason] = SUBSCRIBER_REASONS
     eab_required: bool = False
     eab_bind_many: bool = False
     """Whether one EAB key may bind more than one account (RFC 8555 §7.3.4)."""

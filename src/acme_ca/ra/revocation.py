@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from acme_ca.clock import Clock
 from acme_ca.errors import AcmeError, Identifier, ProblemType, malformed, unauthorized
 from acme_ca.model import Account, Certificate, RevocationReason
-from acme_ca.ra.context import RAContext
+from acme_ca.ra.context import SUBSCRIBER_REASONS, RAContext
 from acme_ca.storage.inventory import CertificateFilter, CertificateRecord, Inventory, Only
 from acme_ca.storage.store import Storage
 
@@ -52,22 +52,12 @@ _NAMES = {
     RevocationReason.AA_COMPROMISE: "aACompromise",
 }
 
-# What root programs allow for a subscriber certificate (Mozilla Root Store Policy
-# §6.1.1, CA/B Forum TLS BRs §7.2.2), the same as the RA's default ACME set.
+# The RA's default ACME set (what root programs allow for a subscriber certificate).
 # Boulder's admin tool allows these but affiliationChanged, which its certificates,
 # naming no organisation, cannot need; acme-ca's ACME clients may use it, so its
 # operator may too. Left out: cACompromise and aACompromise (not about a leaf),
 # certificateHold and removeFromCRL (a revocation here is never undone).
-OPERATOR_REASONS: frozenset[RevocationReason] = frozenset(
-    {
-        RevocationReason.UNSPECIFIED,
-        RevocationReason.KEY_COMPROMISE,
-        RevocationReason.AFFILIATION_CHANGED,
-        RevocationReason.SUPERSEDED,
-        RevocationReason.CESSATION_OF_OPERATION,
-        RevocationReason.PRIVILEGE_WITHDRAWN,
-    }
-)
+OPERATOR_REASONS: frozenset[RevocationReason] = SUBSCRIBER_REASONS
 
 # Revocations sent at once; on SQLite those queued together commit together.
 _BATCH = 64

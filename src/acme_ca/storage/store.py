@@ -131,12 +131,9 @@ def _create_order_pg(new_authzs: Sequence[Authorization], reused: int, links: in
         )
     challenges = sum(len(a.challenges) for a in new_authzs)
     if challenges:
-        rows = ", ".join(["(?, ?, ?, ?, ?)"] * challenges)
-        text += (
-            ", challenged AS (INSERT INTO challenges (id, authz_id, type, token, status,"  # noqa: S608
-            " validated, error, validation_record) SELECT v.column1, v.column2, v.column3,"
-            f" v.column4, v.column5, NULL, NULL, NULL FROM (VALUES {rows}) AS v, made)"
-        )
+        # The rows only for the order row inserted: the same guard as `_ORDER_MADE`.
+        insert = _insert_challenges(challenges) + " EXISTS (SELECT 1 FROM made)"  # noqa: S608
+        text += f", challenged AS ({insert})"
     if links:
         rows = ", ".join(["(?)"] * links)
         text += (
@@ -372,6 +369,20 @@ def _order_values(order: Order) -> tuple[Any, ...]:
     )
 
 
+def _authz_values(a: Authorization) -> tuple[Any, ...]:
+    """The authorization's columns as `_INSERT_AUTHZ` and `_create_order_pg` take them."""
+    return (
+        a.id,
+        a.account_id,
+        a.identifier.type,
+        a.identifier.value,
+        a.wildcard,
+        a.status,
+        codec.to_us(a.expires),
+        codec.to_us(a.created_at),
+    )
+
+
 def _challenge_values(authz: Authorization, c: Challenge) -> tuple[Any, ...]:
     return (c.id, authz.id, c.type, c.token, c.status)
 
@@ -383,17 +394,7 @@ def _authz_inserts(
     if `guard` holds."""
     statements: list[tuple[str, tuple[Any, ...]]] = []
     for a in new_authzs:
-        row = (
-            a.id,
-            a.account_id,
-            a.identifier.type,
-            a.identifier.value,
-            a.wildcard,
-            a.status,
-            codec.to_us(a.expires),
-            codec.to_us(a.created_at),
-        )
-        statements.append((_INSERT_AUTHZ + guard, (*row, *guard_params)))
+        statements.append((_INSERT_AUTHZ + guard, (*_authz_values(a), *guard_params)))
         if a.challenges:
             values = [v for c in a.challenges for v in _challenge_values(a, c)]
             statements.append(
@@ -747,16 +748,7 @@ class Storage:
         if reused:
             params.append(len(reused))
         for a in new_authzs:
-            params += [
-                a.id,
-                a.account_id,
-                a.identifier.type,
-                a.identifier.value,
-                a.wildcard,
-                a.status,
-                codec.to_us(a.expires),
-                codec.to_us(a.created_at),
-            ]
+            params += _authz_values(a)
         params += [v for a in new_authzs for c in a.challenges for v in _challenge_values(a, c)]
         params += list(order.authz_ids)
         text = _create_order_pg(new_authzs, len(reused), len(order.authz_ids))
